@@ -1,0 +1,15 @@
+"""lowbit: quantize large language models layer by layer and measure what it cost."""
+__version__ = "0.1.0"
+
+from lowbit.spec import QuantSpec, preset  # noqa: E402
+
+
+def __getattr__(name):
+    # the API pulls in transformers; import it only when used
+    if name in ("quantize", "evaluate", "load"):
+        from lowbit import api
+        return getattr(api, name)
+    raise AttributeError(name)
+
+
+__all__ = ["QuantSpec", "preset", "quantize", "evaluate", "load", "__version__"]

@@ -1,0 +1,108 @@
+"""Python API: lowbit.quantize(model, "w4g128", out=...), lowbit.evaluate(path)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lowbit.calibration.text import calibration_samples, load_text, tokenize
+from lowbit.errors import LowbitError
+from lowbit.eval.perplexity import evaluate_windows, windows
+from lowbit.eval.size import bits_per_weight, size_on_disk
+from lowbit.io import compressed_tensors as ct
+from lowbit.io.atomic import check_output
+from lowbit.io.checkpoint import save_quantized
+from lowbit.io.load import Loaded, load_model
+from lowbit.methods import get_method
+from lowbit.pipeline import quantize_model
+from lowbit.spec import QuantSpec, preset
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+DEFAULT_MAX_WINDOWS = 40  # 40 x 512 = 20k tokens: stable to ~1% and a minute or two on a CPU
+
+
+def load(model: str | None = None, allow_pickle: bool = False) -> Loaded:
+    return load_model(model, allow_pickle=allow_pickle)
+
+
+def _as_spec(spec: str | QuantSpec) -> QuantSpec:
+    return preset(spec) if isinstance(spec, str) else spec
+
+
+def _check_weights(model: torch.nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise LowbitError(f"weight {name} contains NaN or Inf: the checkpoint is damaged, "
+                              "re-export or re-download it")
+
+
+def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128", out: str | Path | None = None,
+             *, calib: str | Path | None = None, nsamples: int = 128, seqlen: int = 512, seed: int = 0,
+             overwrite: bool = False, allow_pickle: bool = False, progress: Progress | None = None) -> dict:
+    """Quantize a model and (with `out`) write a compressed-tensors directory atomically.
+    Returns a summary dict; the quantized (dequantized-weights) model is under "loaded"."""
+    spec = _as_spec(spec)
+    method = get_method(spec.method)
+    if out is not None:
+        check_output(Path(out), overwrite)
+    loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
+    _check_weights(loaded.model)
+    torch.manual_seed(seed)
+    calibration = None
+    calib_info = None
+    if method.needs_calibration:
+        text = load_text(calib, "calib")
+        calibration = calibration_samples(loaded.tokenizer, text, nsamples, seqlen, seed)
+        calib_info = {"source": str(calib) if calib else "default (wiki-offline, calib split)",
+                      "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+    result = quantize_model(loaded.model, spec, calibration, fit_layout=ct.fit_layout, progress=progress)
+    summary = {"spec": spec.to_dict(), "base_model": loaded.source, "quantize_seconds": result.seconds,
+               "layout_changes": result.layout_changes, "calibration": calib_info,
+               "quantized_modules": len(result.tensors)}
+    if out is not None:
+        t0 = time.perf_counter()
+        save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite)
+        summary["write_seconds"] = time.perf_counter() - t0
+        summary["out"] = str(out)
+    summary["loaded"] = Loaded(loaded.model, loaded.tokenizer, loaded.source, "quantized", result.tensors, summary)
+    return summary
+
+
+def _resolve_base(loaded: Loaded, base: str | None) -> str | None:
+    if base == "none":
+        return None
+    if base not in (None, "auto"):
+        return base
+    return loaded.meta.get("base_model") if loaded.kind == "quantized" else None
+
+
+def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "auto", data: str | Path | None = None,
+             seqlen: int = 512, max_windows: int | None = DEFAULT_MAX_WINDOWS, batch_size: int = 2,
+             allow_pickle: bool = False, progress: Progress | None = None) -> dict:
+    """Perplexity of `model`, and against its base: base perplexity, KLD, top-1 agreement."""
+    loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
+    if isinstance(base, Loaded):
+        base_loaded = base
+    else:
+        base_name = _resolve_base(loaded, base)
+        base_loaded = load_model(base_name, allow_pickle) if base_name else None
+    text = load_text(data, "eval")
+    wins = windows(tokenize(loaded.tokenizer, text), seqlen, max_windows)
+    t0 = time.perf_counter()
+    res = evaluate_windows(loaded.model, wins, base_loaded.model if base_loaded else None,
+                           batch_size=batch_size, progress=progress)
+    res["eval_seconds"] = time.perf_counter() - t0
+    res["data"] = str(data) if data else "default (wiki-offline, eval split)"
+    res["model"] = loaded.source
+    res["base"] = base_loaded.source if base_loaded else None
+    src = Path(loaded.source)
+    res["size_bytes"] = size_on_disk(src) if src.exists() else None
+    res["bits_per_weight"] = bits_per_weight(src) if src.is_dir() else None
+    if base_loaded is not None:
+        bsrc = Path(base_loaded.source)
+        res["base_size_bytes"] = size_on_disk(bsrc) if bsrc.exists() else None
+    return res

@@ -1,0 +1,46 @@
+"""Architecture maps as data: where the decoder layers are, and the order of the
+Linear layers inside one, grouped so that each group's inputs depend only on the
+groups before it (the true-sequential order GPTQ uses)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.errors import LowbitError
+
+
+@dataclass(frozen=True)
+class ArchMap:
+    layers: str  # dotted path of the ModuleList of decoder layers
+    sequential: tuple[tuple[str, ...], ...]  # Linear names relative to a layer
+
+
+_LLAMA = ArchMap(
+    layers="model.layers",
+    sequential=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                ("self_attn.o_proj",),
+                ("mlp.gate_proj", "mlp.up_proj"),
+                ("mlp.down_proj",)),
+)
+_OPT = ArchMap(
+    layers="model.decoder.layers",
+    sequential=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                ("self_attn.out_proj",), ("fc1",), ("fc2",)),
+)
+
+ARCHS: dict[str, ArchMap] = {
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA, "opt": _OPT,
+}
+
+
+def arch_for(model: torch.nn.Module) -> ArchMap:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ARCHS:
+        raise LowbitError(f"architecture {model_type!r} is not supported yet: "
+                          f"lowbit supports {', '.join(sorted(ARCHS))}")
+    return ARCHS[model_type]
+
+
+def decoder_layers(model: torch.nn.Module, arch: ArchMap) -> torch.nn.ModuleList:
+    return model.get_submodule(arch.layers)

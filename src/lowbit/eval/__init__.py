@@ -1,0 +1,1 @@
+"""Perplexity, KL divergence against the base model, and sizes."""

@@ -1,0 +1,156 @@
+"""Integer affine grids: w ~= (q - z) * s, with q in [0, 2**bits - 1].
+
+One convention for every layout, as GPTQ uses it: codes are unsigned and the zero
+point is an integer on the same grid. Symmetric grids fix z = 2**(bits-1), so a signed
+code is simply q - z (that is how compressed-tensors stores them).
+
+Granularity is a group size over the input (column) axis of a (out, in) weight:
+  group_size > 0   per group; the last group of a row may be partial (ceil(in / G) groups)
+  group_size == -1 per output channel (one group spanning the row)
+  group_size == 0  per tensor (a single scale)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PER_CHANNEL = -1
+PER_TENSOR = 0
+MSE_GRID = 100  # shrink factors tried by the clipping search (as in GPTQ's reference)
+MSE_MAX_SHRINK = 0.8
+MSE_NORM = 2.4
+
+
+def num_groups(in_features: int, group_size: int) -> int:
+    if group_size > 0:
+        return -(-in_features // group_size)
+    return 1
+
+
+def column_groups(in_features: int, group_size: int, device=None) -> torch.Tensor:
+    """Group index of every column, (in,): the g_idx of a layout without reordering."""
+    cols = torch.arange(in_features, device=device)
+    if group_size > 0:
+        return cols // group_size
+    return torch.zeros_like(cols)
+
+
+def _grouped(W: torch.Tensor, group_size: int) -> torch.Tensor:
+    """View W (out, in) as (rows, ngroups, G). Pads a partial last group with zeros:
+    zeros change neither min/max (zero is always in range) nor the error (zero is exact)."""
+    out, inp = W.shape
+    if group_size == PER_TENSOR:
+        return W.reshape(1, 1, -1)
+    if group_size == PER_CHANNEL:
+        return W.reshape(out, 1, inp)
+    ng = num_groups(inp, group_size)
+    pad = ng * group_size - inp
+    if pad:
+        W = torch.nn.functional.pad(W, (0, pad))
+    return W.reshape(out, ng, group_size)
+
+
+def _params_from_range(xmin, xmax, bits: int, symmetric: bool):
+    maxq = 2**bits - 1
+    if symmetric:
+        half = 2 ** (bits - 1)
+        scale = torch.maximum(xmin.abs(), xmax) / (half - 1)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.full_like(scale, float(half))
+    else:
+        scale = (xmax - xmin) / maxq
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.round(-xmin / scale).clamp(0, maxq)
+    return scale, zero
+
+
+def _fake_quant(x, scale, zero, maxq):
+    q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
+    return (q - zero) * scale
+
+
+def fit_grid(W: torch.Tensor, bits: int, symmetric: bool, group_size: int,
+             clip: str = "minmax") -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per group: (rows, ngroups) float32 each (zero holds integers).
+
+    clip="minmax" uses the full range; clip="mse" shrinks the range per group to the
+    factor that minimises sum |w - Q(w)|^2.4 (the clipping search of GPTQ's reference)."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    G = _grouped(W.float(), group_size)  # (rows, ng, G)
+    xmin = G.amin(dim=-1).clamp(max=0)
+    xmax = G.amax(dim=-1).clamp(min=0)
+    scale, zero = _params_from_range(xmin, xmax, bits, symmetric)
+    if clip == "mse":
+        maxq = 2**bits - 1
+        best = torch.full_like(scale, float("inf"))
+        for i in range(int(MSE_MAX_SHRINK * MSE_GRID)):
+            p = 1 - i / MSE_GRID
+            s, z = _params_from_range(p * xmin, p * xmax, bits, symmetric)
+            err = (_fake_quant(G, s[..., None], z[..., None], maxq) - G).abs_().pow_(MSE_NORM).sum(-1)
+            better = err < best
+            best = torch.where(better, err, best)
+            scale = torch.where(better, s, scale)
+            zero = torch.where(better, z, zero)
+    elif clip != "minmax":
+        raise ValueError(f"clip must be 'minmax' or 'mse', got {clip!r}")
+    return scale, zero
+
+
+def _expand(p: torch.Tensor, g_idx: torch.Tensor, out: int) -> torch.Tensor:
+    """(rows, ngroups) per-group parameter -> (out, in) per-weight, following g_idx."""
+    return p.expand(out, -1)[:, g_idx] if p.shape[0] == 1 else p[:, g_idx]
+
+
+def quantize_codes(W, scale, zero, bits: int, g_idx: torch.Tensor) -> torch.Tensor:
+    """Codes q (out, in) uint8 for W on the grid (scale, zero), groups given per column."""
+    out = W.shape[0]
+    s = _expand(scale, g_idx, out)
+    z = _expand(zero, g_idx, out)
+    return torch.clamp(torch.round(W.float() / s) + z, 0, 2**bits - 1).to(torch.uint8)
+
+
+def dequantize(q, scale, zero, g_idx: torch.Tensor) -> torch.Tensor:
+    out = q.shape[0]
+    return (q.float() - _expand(zero, g_idx, out)) * _expand(scale, g_idx, out)
+
+
+@dataclass
+class QuantizedTensor:
+    """Codes and grid of one (out, in) weight.
+
+    q (out, in) uint8 in [0, 2**bits); scale, zero (rows, ngroups) float32 where rows is
+    out (or 1 for per-tensor); g_idx (in,) group of each column; zero == 2**(bits-1)
+    everywhere when symmetric."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    g_idx: torch.Tensor
+    bits: int
+    group_size: int
+    symmetric: bool
+    act_order: bool = False  # g_idx is not the plain column // group_size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.q, self.scale, self.zero, self.g_idx)
+
+    def signed_codes(self) -> torch.Tensor:
+        """q - 2**(bits-1) as int8: the signed storage of compressed-tensors."""
+        return (self.q.to(torch.int16) - 2 ** (self.bits - 1)).to(torch.int8)
+
+
+def quantize_rtn(W: torch.Tensor, bits: int, symmetric: bool = True, group_size: int = 128,
+                 clip: str = "minmax") -> QuantizedTensor:
+    """Round-to-nearest of a (out, in) weight onto its own fitted grid."""
+    if W.ndim != 2:
+        raise ValueError(f"expected a 2-D weight, got shape {tuple(W.shape)}")
+    scale, zero = fit_grid(W, bits, symmetric, group_size, clip)
+    g_idx = column_groups(W.shape[1], group_size, W.device)
+    q = quantize_codes(W, scale, zero, bits, g_idx)
+    return QuantizedTensor(q, scale, zero, g_idx, bits, group_size, symmetric)

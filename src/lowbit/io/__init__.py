@@ -1,0 +1,1 @@
+"""Readers and writers per on-disk format, model loading, and atomic output."""

@@ -1,0 +1,103 @@
+"""Save a quantized model as a compressed-tensors directory, and read one back into a
+runnable torch model (weights dequantized to float)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from lowbit import __version__
+from lowbit.io import compressed_tensors as ct
+from lowbit.io.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+META_FILE = "lowbit.json"
+
+
+def _plain_state(model: torch.nn.Module, quantized: set[str]) -> dict[str, torch.Tensor]:
+    """Every tensor except quantized weights, tied duplicates saved once."""
+    state, seen = {}, {}
+    for k, v in model.state_dict().items():
+        if k.endswith(".weight") and k[: -len(".weight")] in quantized:
+            continue
+        key = (v.data_ptr(), tuple(v.shape), v.dtype)
+        if v.numel() and key in seen:  # tied (lm_head = embed_tokens): the config re-ties it
+            continue
+        seen[key] = k
+        state[k] = v.detach().contiguous().clone()
+    return state
+
+
+def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: bool = False) -> Path:
+    """Write OUT atomically: config.json (+ quantization_config), model.safetensors,
+    tokenizer files, and lowbit.json (base model, spec, layout changes, timings)."""
+    dtype = next(model.parameters()).dtype
+    names = set(tensors)
+    state = _plain_state(model, names)
+    for name, qt in tensors.items():
+        state.update(ct.pack_tensor(name, qt, dtype))
+    ignore = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in names]
+    with atomic_dir(out, overwrite) as tmp:
+        cfg = model.config.to_dict()
+        cfg["quantization_config"] = ct.quantization_config(tensors, ignore)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp, legacy_format=False)
+        meta = {"lowbit_version": __version__, "format": "compressed-tensors", **meta}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return Path(out)
+
+
+def load_quantized(path: Path, dtype=torch.float32):
+    """A compressed-tensors directory as a float torch model plus its codes."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lowbit.io.load import Loaded
+
+    config = AutoConfig.from_pretrained(str(path))
+    qconfig = config.quantization_config
+    qconfig = qconfig if isinstance(qconfig, dict) else qconfig.to_dict()
+    del config.quantization_config
+    tensors, plain = ct.read_tensors(path, qconfig)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.to_empty(device="cpu")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()}
+    for name, qt in tensors.items():
+        state[f"{name}.weight"] = qt.dequantize().to(dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{path}: tensors the model does not have: {unexpected[:3]}")
+    model.tie_weights()
+    missing = [k for k in missing if k not in _tied_keys(model)]
+    non_buffers = [k for k in missing if k in dict(model.named_parameters())]
+    if non_buffers:
+        raise ValueError(f"{path}: weights missing from the checkpoint: {non_buffers[:3]}")
+    _init_buffers(model)
+    meta = {}
+    if (path / META_FILE).is_file():
+        meta = json.loads((path / META_FILE).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return Loaded(model.eval(), tokenizer, str(path.resolve()), "quantized", tensors, meta)
+
+
+def _tied_keys(model) -> set[str]:
+    keys = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        keys.add("lm_head.weight")
+    return keys
+
+
+def _init_buffers(model):
+    """Non-persistent buffers (rotary inv_freq) are not in checkpoints: recompute them."""
+    for module in model.modules():
+        if hasattr(module, "rope_init_fn") and hasattr(module, "inv_freq"):
+            inv_freq, scaling = module.rope_init_fn(module.config, torch.device("cpu"))
+            module.inv_freq = inv_freq
+            module.original_inv_freq = inv_freq
+            module.attention_scaling = scaling

@@ -1,0 +1,150 @@
+"""compressed-tensors "pack-quantized" checkpoints, as transformers and vLLM load them.
+
+On disk, per quantized Linear `name` (names on the module equal names on disk):
+  name.weight_packed      int32 (out, ceil(in / (32 // bits)))  codes q - 2**(b-1) + offset
+                          = our unsigned q, 32 // bits per word, code i at bit i * bits
+  name.weight_scale       (out, ngroups) in the model dtype (channel: (out, 1); tensor: (1,))
+  name.weight_zero_point  asymmetric only: int32 (ceil(out / (32 // bits)), ngroups),
+                          packed along the output axis
+  name.weight_g_idx       int32 (in,) with act-order
+  name.weight_shape       int32 [out, in]
+The reference library refuses group sizes that do not divide the row, so fit_layout()
+picks the largest group size that does, and the change is recorded.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from lowbit.formats import QuantizedTensor, column_groups, pack_words, unpack_words
+from lowbit.spec import QuantSpec
+
+FORMAT = "pack-quantized"
+CT_VERSION = "0.12.2"  # the config schema we write; loads with compressed-tensors 0.10-0.13
+
+
+def fit_layout(name: str, spec: QuantSpec, shape: tuple) -> QuantSpec:
+    """Largest group size <= the requested one that divides the row."""
+    from dataclasses import replace
+    in_features = shape[1]
+    g = spec.group_size
+    if g <= 0 or in_features % g == 0:
+        return spec
+    if g >= in_features:
+        return replace(spec, group_size=in_features)
+    best = max(d for d in range(1, g + 1) if in_features % d == 0)
+    return replace(spec, group_size=best)
+
+
+def _strategy(group_size: int) -> str:
+    return "group" if group_size > 0 else ("channel" if group_size == -1 else "tensor")
+
+
+def weight_args(qt: QuantizedTensor) -> dict:
+    return {
+        "num_bits": qt.bits, "type": "int", "symmetric": qt.symmetric,
+        "group_size": qt.group_size if qt.group_size > 0 else None,
+        "strategy": _strategy(qt.group_size), "block_structure": None,
+        "dynamic": False, "actorder": "group" if qt.act_order else None,
+        "observer": "minmax", "observer_kwargs": {},
+    }
+
+
+def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
+    groups: dict[str, dict] = {}
+    by_args: dict[str, list[str]] = {}
+    for name, qt in tensors.items():
+        by_args.setdefault(json.dumps(weight_args(qt), sort_keys=True), []).append(name)
+    for i, (args, names) in enumerate(sorted(by_args.items(), key=lambda kv: -len(kv[1]))):
+        groups[f"group_{i}"] = {"targets": sorted(names), "weights": json.loads(args),
+                                "input_activations": None, "output_activations": None,
+                                "format": FORMAT}
+    return {
+        "quant_method": "compressed-tensors", "format": FORMAT,
+        "quantization_status": "compressed", "config_groups": groups,
+        "ignore": sorted(ignore), "kv_cache_scheme": None,
+        "global_compression_ratio": None, "sparsity_config": {}, "version": CT_VERSION,
+    }
+
+
+def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out, inp = qt.shape
+    d = {f"{name}.weight_packed": pack_words(qt.q, qt.bits, dim=1),
+         f"{name}.weight_shape": torch.tensor([out, inp], dtype=torch.int32)}
+    scale = qt.scale.to(dtype)
+    d[f"{name}.weight_scale"] = scale.reshape(1) if qt.group_size == 0 else scale.contiguous()
+    if not qt.symmetric:
+        if qt.group_size == 0:  # tensor strategy keeps a plain signed int8 zero point
+            d[f"{name}.weight_zero_point"] = (qt.zero.reshape(1) - 2 ** (qt.bits - 1)).to(torch.int8)
+        else:
+            d[f"{name}.weight_zero_point"] = pack_words(qt.zero.to(torch.uint8), qt.bits, dim=0)
+    if qt.act_order:
+        d[f"{name}.weight_g_idx"] = qt.g_idx.to(torch.int32)
+    return d
+
+
+def _matches(name: str, target: str) -> bool:
+    if target.startswith("re:"):
+        return re.match(target[3:], name) is not None
+    return name == target
+
+
+def args_for(name: str, qconfig: dict) -> dict | None:
+    for group in qconfig.get("config_groups", {}).values():
+        if any(_matches(name, t) for t in group.get("targets", [])):
+            return group["weights"]
+    for group in qconfig.get("config_groups", {}).values():
+        if "Linear" in group.get("targets", []):
+            return group["weights"]
+    return None
+
+
+def unpack_tensor(name: str, t: dict[str, torch.Tensor], args: dict) -> QuantizedTensor:
+    """QuantizedTensor from the stored tensors of one module (`t` keyed by suffix)."""
+    bits = int(args["num_bits"])
+    out, inp = (int(v) for v in t["weight_shape"].tolist())
+    q = unpack_words(t["weight_packed"], bits, inp, dim=1)
+    strategy = args.get("strategy") or "tensor"
+    group_size = {"channel": -1, "tensor": 0}.get(strategy, args.get("group_size") or -1)
+    scale = t["weight_scale"].float().reshape(-1, 1) if strategy == "tensor" else t["weight_scale"].float()
+    if args.get("symmetric", True):
+        zero = torch.full_like(scale, float(2 ** (bits - 1)))
+    elif strategy == "tensor":
+        zero = t["weight_zero_point"].float().reshape(1, 1) + 2 ** (bits - 1)
+    else:
+        zero = unpack_words(t["weight_zero_point"], bits, out, dim=0).float()
+    g_idx = t.get("weight_g_idx")
+    act_order = g_idx is not None
+    g_idx = g_idx.long() if act_order else column_groups(inp, group_size)
+    return QuantizedTensor(q, scale, zero, g_idx, bits, group_size,
+                           bool(args.get("symmetric", True)), act_order)
+
+
+def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTensor], dict[str, torch.Tensor]]:
+    """Quantized modules and plain tensors of a compressed-tensors checkpoint."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    raw: dict[str, torch.Tensor] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                raw[k] = fh.get_tensor(k)
+    suffixes = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape")
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for k, v in raw.items():
+        mod, _, suffix = k.rpartition(".")
+        if suffix in suffixes:
+            modules.setdefault(mod, {})[suffix] = v
+        else:
+            plain[k] = v
+    tensors = {}
+    for mod, t in modules.items():
+        args = args_for(mod, qconfig)
+        if args is None or "weight_packed" not in t:
+            raise ValueError(f"{mod}: no quantization args in config.json for its packed weight")
+        tensors[mod] = unpack_tensor(mod, t, args)
+    return tensors, plain

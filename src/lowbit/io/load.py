@@ -1,0 +1,115 @@
+"""Load a model from what a user names: nothing (the default model), a Hugging Face
+directory of safetensors, a .gguf file, a directory lowbit wrote, or a hub id."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lowbit.errors import LowbitError
+
+log = logging.getLogger(__name__)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str  # what the user named, resolved to a path where there is one
+    kind: str  # "hf", "gguf", "quantized", "hub"
+    quantized: dict = field(default_factory=dict)  # name -> QuantizedTensor when kind == quantized
+    meta: dict = field(default_factory=dict)  # lowbit.json of a directory lowbit wrote
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise LowbitError(f"{path / 'config.json'} is not valid JSON ({e.msg}, line {e.lineno}): "
+                          "repair or re-download the model") from None
+
+
+def load_gguf(path: Path, dtype=torch.float32):
+    """A GGUF file dequantized to float by transformers, with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    # the model is plain float now: drop the GGUF marker so it saves and re-quantizes as float
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    return model.eval(), tokenizer
+
+
+def _is_quantized_dir(cfg: dict) -> bool:
+    return (cfg.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+
+
+def load_model(name: str | None = None, allow_pickle: bool = False, dtype=torch.float32) -> Loaded:
+    from lowbit.io.default_model import default_model_dir
+
+    if name in (None, "", "default"):
+        path = default_model_dir()
+        return _load_hf_dir(path, allow_pickle, dtype)
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise LowbitError(f"GGUF file {path} does not exist: check the path")
+        model, tok = load_gguf(path, dtype)
+        return Loaded(model, tok, str(path.resolve()), "gguf")
+    if path.is_dir():
+        return _load_hf_dir(path, allow_pickle, dtype)
+    if path.exists():
+        raise LowbitError(f"{path} is not a model: give a model directory (with config.json) or a .gguf file")
+    if name.count("/") == 1 and not name.startswith((".", "/")) and not path.parent.exists():
+        return _load_hub(name, allow_pickle, dtype)
+    raise LowbitError(f"model path {path} does not exist: check the path, or give a hub id like org/name")
+
+
+def _load_hf_dir(path: Path, allow_pickle: bool, dtype) -> Loaded:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise LowbitError(f"{path} is not a model directory (no config.json): "
+                          "give a Hugging Face model directory or a .gguf file")
+    cfg = _read_config(path)
+    if _is_quantized_dir(cfg):
+        from lowbit.io.checkpoint import load_quantized
+        return load_quantized(path, dtype)
+    has_safetensors = any(path.glob("*.safetensors"))
+    if not has_safetensors:
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles and not allow_pickle:
+            raise LowbitError(f"{path} holds only pickle weights ({pickles[0]}), which can run code "
+                              "when loaded: convert them to safetensors or pass --allow-pickle")
+        if not pickles:
+            raise LowbitError(f"{path} has config.json but no weights (*.safetensors): "
+                              "copy the weight files into it")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, use_safetensors=has_safetensors, trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LowbitError(f"cannot load {path}: {first[:300]} (check that the files are complete)") from None
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return Loaded(model.eval(), tokenizer, str(path.resolve()), "hf")
+
+
+def _load_hub(name: str, allow_pickle: bool, dtype) -> Loaded:
+    """A hub id (needs network, or a local hub cache). Real code, not exercised offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=not allow_pickle,
+                                                     trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as e:
+        raise LowbitError(f"cannot fetch {name!r} from the hub ({str(e).splitlines()[0][:200]}): "
+                          "check the id and the network, or give a local path") from None
+    return Loaded(model.eval(), tokenizer, name, "hub")

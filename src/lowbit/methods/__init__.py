@@ -1,0 +1,7 @@
+"""Methods choose the codes of one weight matrix. Each registers itself by name."""
+from lowbit.methods.base import METHODS, Method, get_method, register_method
+
+# registration lines: importing a module registers its method
+from lowbit.methods import rtn  # noqa: E402,F401
+
+__all__ = ["METHODS", "Method", "get_method", "register_method"]

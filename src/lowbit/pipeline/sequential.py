@@ -1,0 +1,123 @@
+"""The sequential layer walk every method plugs into.
+
+capture inputs of layer 0 -> for each decoder layer: for each group of Linears in
+true-sequential order, gather the method's statistics with hooks, quantize the group
+-> run the quantized layer to produce the next layer's inputs. Peak memory is one
+layer's work plus two sets of calibration activations.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from lowbit.arch import arch_for, decoder_layers
+from lowbit.formats import QuantizedTensor
+from lowbit.methods import get_method
+from lowbit.pipeline.capture import StopAfter, capture_first_layer_inputs, run_layer
+from lowbit.spec import QuantSpec, match_name
+
+log = logging.getLogger(__name__)
+
+# fit_layout(name, spec, (out, in)) -> spec the output format can store (e.g. a group
+# size that divides the row); the walk quantizes with exactly what will be written.
+FitLayout = Callable[[str, QuantSpec, tuple], QuantSpec]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class QuantResult:
+    tensors: dict[str, QuantizedTensor] = field(default_factory=dict)
+    specs: dict[str, QuantSpec] = field(default_factory=dict)  # effective spec per module
+    layout_changes: dict[str, dict] = field(default_factory=dict)  # name -> {requested, used}
+    seconds: float = 0.0
+
+
+def target_linears(model: torch.nn.Module, spec: QuantSpec) -> dict[str, torch.nn.Linear]:
+    """Linear modules selected by spec.targets and not excluded by spec.ignore."""
+    out = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        wanted = any(t == "Linear" or match_name(name, t) for t in spec.targets)
+        if wanted and not any(match_name(name, p) for p in spec.ignore):
+            out[name] = module
+    return out
+
+
+def _groups_in_layer(arch, prefix: str, targets: dict) -> list[list[str]]:
+    """Target names inside one layer, in dependency order; unlisted Linears go last."""
+    inside = [n for n in targets if n.startswith(prefix + ".")]
+    groups, seen = [], set()
+    for rel_group in arch.sequential:
+        g = [f"{prefix}.{r}" for r in rel_group if f"{prefix}.{r}" in targets]
+        if g:
+            groups.append(g)
+            seen.update(g)
+    rest = [n for n in inside if n not in seen]
+    if rest:
+        groups.append(rest)
+    return groups
+
+
+@torch.no_grad()
+def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None = None,
+                   fit_layout: FitLayout | None = None, progress: Progress | None = None,
+                   batch_size: int = 8) -> QuantResult:
+    """Quantize `model` in place (weights become their dequantized values) and return the
+    codes of every quantized Linear. calibration: token ids (N, T) for methods that need it."""
+    start = time.perf_counter()
+    method = get_method(spec.method)
+    arch = arch_for(model)
+    layers = decoder_layers(model, arch)
+    targets = target_linears(model, spec)
+    result = QuantResult()
+
+    def quantize_one(name: str, observer=None):
+        module = targets[name]
+        mspec = spec.for_module(name)
+        if fit_layout is not None:
+            fitted = fit_layout(name, mspec, tuple(module.weight.shape))
+            if fitted.group_size != mspec.group_size:
+                result.layout_changes[name] = {"requested": mspec.group_size,
+                                               "used": fitted.group_size}
+            mspec = fitted
+        qt = method.quantize(module.weight.data, mspec, observer)
+        module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
+        result.tensors[name], result.specs[name] = qt, mspec
+
+    batches = None
+    if method.needs_calibration:
+        if calibration is None:
+            raise ValueError(f"method {spec.method!r} needs calibration token ids")
+        batches = capture_first_layer_inputs(model, layers, calibration, batch_size)
+
+    prefix = arch.layers
+    for i, layer in enumerate(layers):
+        for group in _groups_in_layer(arch, f"{prefix}.{i}", targets):
+            observers = {}
+            if batches is not None:
+                observers = {n: method.observer(targets[n], spec.for_module(n)) for n in group}
+                stopper = StopAfter({n: targets[n] for n in group},
+                                    lambda n, x: observers[n].add_batch(x))
+                try:
+                    stopper.run(layer, batches)
+                finally:
+                    stopper.remove()
+            for name in group:
+                quantize_one(name, observers.get(name))
+        if batches is not None:
+            batches = run_layer(layer, batches)
+        if progress:
+            progress("layers", i + 1, len(layers))
+    # Linears outside the decoder layers (an lm_head the user asked for): weights only
+    for name in targets:
+        if name not in result.tensors:
+            quantize_one(name, None)
+    result.seconds = time.perf_counter() - start
+    if result.layout_changes:
+        log.warning("%d layers changed layout to fit the output format", len(result.layout_changes))
+    return result

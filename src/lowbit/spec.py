@@ -1,0 +1,104 @@
+"""QuantSpec: what to quantize and how, as a frozen, JSON-serialisable value.
+
+Presets are names like "w4g128", "gptq-w4g128", "w8", "w3g128-asym", "w4-mse":
+    [METHOD-]w{bits}[g{group}][-sym|-asym][-mse]
+no g means per output channel.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from lowbit.errors import LowbitError
+
+DEFAULT_IGNORE = ("lm_head",)  # embeddings are not Linear layers, so they stay float too
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    method: str = "rtn"
+    bits: int = 4
+    group_size: int = 128  # > 0 per group, -1 per output channel, 0 per tensor
+    symmetric: bool = True
+    clip: str = "minmax"  # "mse": search a clipping ratio per group
+    targets: tuple[str, ...] = ("Linear",)  # "Linear" or "re:<regex>" on module names
+    ignore: tuple[str, ...] = DEFAULT_IGNORE  # names or "re:<regex>"; checked after targets
+    # per-module overrides: ("re:<regex>", {"bits": 8, ...}) in order, later ones win
+    overrides: tuple[tuple[str, dict], ...] = ()
+    method_args: dict[str, Any] = field(default_factory=dict)  # e.g. GPTQ damp_percent
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise LowbitError(f"bits={self.bits} is out of range: use an integer from 2 to 8")
+        if not isinstance(self.group_size, int) or self.group_size < -1:
+            raise LowbitError(f"group size {self.group_size} is invalid: use a positive size, "
+                              "-1 for per channel or 0 for per tensor")
+        if self.clip not in ("minmax", "mse"):
+            raise LowbitError(f"clip={self.clip!r} is unknown: use 'minmax' or 'mse'")
+
+    def for_module(self, name: str) -> "QuantSpec":
+        """The spec that applies to one module, after per-module overrides."""
+        spec = self
+        for pattern, changes in self.overrides:
+            if match_name(name, pattern):
+                spec = replace(spec, **changes, overrides=())
+        return spec
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["targets"], d["ignore"] = list(self.targets), list(self.ignore)
+        d["overrides"] = [[p, dict(c)] for p, c in self.overrides]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantSpec":
+        d = dict(d)
+        for key in ("targets", "ignore"):
+            if key in d:
+                d[key] = tuple(d[key])
+        if "overrides" in d:
+            d["overrides"] = tuple((p, dict(c)) for p, c in d["overrides"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantSpec":
+        return cls.from_dict(json.loads(text))
+
+
+def match_name(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+_PRESET = re.compile(r"^(?:(?P<method>[a-z0-9]+)-)?w(?P<bits>\d)(?:g(?P<group>\d+))?"
+                     r"(?P<sym>-sym|-asym)?(?P<mse>-mse)?$")
+
+PRESETS = ("w4g128", "w4g64", "w4g32", "w4", "w3g128", "w3", "w2g64", "w8", "w8g128",
+           "gptq-w4g128", "gptq-w3g128", "gptq-w4", "w4g128-asym")
+
+
+def preset(name: str, **changes) -> QuantSpec:
+    """QuantSpec from a preset name such as "w4g128" or "gptq-w4g128-asym"."""
+    m = _PRESET.match(name.strip().lower())
+    if not m:
+        raise LowbitError(f"unknown preset {name!r}: use a name like "
+                          f"'w4g128', 'gptq-w4g128', 'w8' or 'w3g128-asym'")
+    kw: dict[str, Any] = {"bits": int(m["bits"]),
+                          "group_size": int(m["group"]) if m["group"] else -1}
+    if m["method"]:
+        kw["method"] = m["method"]
+    if m["sym"]:
+        kw["symmetric"] = m["sym"] == "-sym"
+    if m["mse"]:
+        kw["clip"] = "mse"
+    kw.update(changes)
+    return QuantSpec(**kw)

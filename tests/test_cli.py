@@ -1,0 +1,135 @@
+"""The command line: bad input gives exit 2 and one line; a full run on a tiny model."""
+import json
+import sys
+
+import pytest
+import torch
+
+from lowbit.cli import main
+from tiny import VOCAB, tiny_model
+
+PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
+         "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 60
+
+
+def run(argv, capsys):
+    sys_argv = sys.argv
+    sys.argv = ["lowbit", *argv]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = sys_argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, default_tokenizer):
+    d = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama", vocab=VOCAB).save_pretrained(d)
+    default_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("text") / "prose.txt"
+    f.write_text(PROSE)
+    return f
+
+
+def _one_line_error(code, err, *words):
+    assert code == 2, err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_missing_path(capsys, tmp_path):
+    code, _, err = run(["quantize", str(tmp_path / "nope"), "-o", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, "does not exist")
+
+
+def test_not_a_model(capsys, tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("hello")
+    code, _, err = run(["info", str(f)], capsys)
+    _one_line_error(code, err, "not a model")
+
+
+def test_pickle_refused_without_flag(capsys, tmp_path, tiny_dir):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text((tiny_dir / "config.json").read_text())
+    torch.save({"x": torch.zeros(1)}, d / "pytorch_model.bin")
+    code, _, err = run(["info", str(d)], capsys)
+    _one_line_error(code, err, "pickle", "--allow-pickle")
+
+
+def test_corrupt_config(capsys, tmp_path):
+    d = tmp_path / "broken"
+    d.mkdir()
+    (d / "config.json").write_text("{not json")
+    code, _, err = run(["info", str(d)], capsys)
+    _one_line_error(code, err, "config.json", "not valid JSON")
+
+
+@pytest.mark.parametrize("args,word", [(["--bits", "9"], "bits=9"), (["--group-size", "-7"], "group size")])
+def test_bad_numbers(capsys, tmp_path, tiny_dir, args, word):
+    code, _, err = run(["quantize", str(tiny_dir), "-o", str(tmp_path / "o"), *args], capsys)
+    _one_line_error(code, err, word)
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_exists_refused(capsys, tmp_path, tiny_dir):
+    (tmp_path / "o").mkdir()
+    code, _, err = run(["quantize", str(tiny_dir), "-o", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, "already exists", "--overwrite")
+
+
+def test_unsupported_architecture(capsys, tmp_path, default_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    d = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB)).save_pretrained(d)
+    default_tokenizer.save_pretrained(d)
+    code, _, err = run(["quantize", str(d), "-o", str(tmp_path / "o"), "--no-eval"], capsys)
+    _one_line_error(code, err, "not supported", "llama")
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_then_eval_json(capsys, tmp_path, tiny_dir, text_file):
+    out = tmp_path / "q"
+    code, stdout, err = run(["quantize", str(tiny_dir), "-o", str(out), "--bits", "4", "--group-size", "32",
+                             "--data", str(text_file), "--seqlen", "64", "--max-windows", "3", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["quantized_modules"] == 14 and summary["eval"]["windows"] == 3
+    code, stdout, err = run(["eval", str(out), "--data", str(text_file), "--seqlen", "64",
+                             "--max-windows", "3", "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(stdout)
+    for key in ("perplexity", "base_perplexity", "kld", "top1_agreement", "tokens", "windows", "seqlen",
+                "bits_per_weight", "size_bytes", "base_size_bytes"):
+        assert key in res, key
+    assert res["tokens"] == 3 * 63 and res["kld"] > 0 and res["perplexity"] > 1
+    # 4-bit codes + one fp32 scale per group of 24 (72-wide rows) or 32 (128-wide rows)
+    assert 5.0 < res["bits_per_weight"] < 5.4
+    code, stdout, _ = run(["eval", str(out), "--base", "none", "--data", str(text_file), "--seqlen", "64",
+                           "--max-windows", "3", "--json"], capsys)
+    assert code == 0 and "kld" not in json.loads(stdout)
+    code, stdout, _ = run(["info", str(out), "--json"], capsys)
+    info = json.loads(stdout)
+    assert info["quantized_layers"] == 14 and info["base_model"] == str(tiny_dir.resolve())
+
+
+def test_short_calibration_text_refused(capsys, tmp_path, tiny_dir):
+    pytest.importorskip("lowbit.methods.gptq")
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    code, _, err = run(["quantize", str(tiny_dir), "-o", str(tmp_path / "o"), "--method", "gptq",
+                        "--calib", str(short), "--no-eval"], capsys)
+    _one_line_error(code, err, "calibration text", "--calib")
