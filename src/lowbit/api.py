@@ -57,6 +57,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     if method.needs_calibration:
         text = load_text(calib, "calib")
         calibration = calibration_samples(loaded.tokenizer, text, nsamples, seqlen, seed)
+        _warn_small_calibration(loaded.model, calibration)
         calib_info = {"source": str(calib) if calib else "default (wiki-offline, calib split)",
                       "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
     result = quantize_model(loaded.model, spec, calibration, fit_layout=ct.fit_layout, progress=progress)
@@ -70,6 +71,14 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         summary["out"] = str(out)
     summary["loaded"] = Loaded(loaded.model, loaded.tokenizer, loaded.source, "quantized", result.tensors, summary)
     return summary
+
+
+def _warn_small_calibration(model: torch.nn.Module, calibration: torch.Tensor) -> None:
+    widest = max((m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)), default=0)
+    tokens = calibration.numel()
+    if tokens < 10 * widest or calibration.shape[0] < 16:
+        log.warning("calibration is small: %d samples, %d tokens for inputs up to %d wide; statistics "
+                    "will be noisy (use --nsamples 128 --seqlen 512 or more)", calibration.shape[0], tokens, widest)
 
 
 def _resolve_base(loaded: Loaded, base: str | None) -> str | None:

@@ -51,6 +51,11 @@ def _grouped(W: torch.Tensor, group_size: int) -> torch.Tensor:
     return W.reshape(out, ng, group_size)
 
 
+def _work(W: torch.Tensor) -> torch.Tensor:
+    """Grid math in float32, or float64 when given float64 (reference computations)."""
+    return W if W.dtype == torch.float64 else W.float()
+
+
 def _params_from_range(xmin, xmax, bits: int, symmetric: bool):
     maxq = 2**bits - 1
     if symmetric:
@@ -78,7 +83,7 @@ def fit_grid(W: torch.Tensor, bits: int, symmetric: bool, group_size: int,
     factor that minimises sum |w - Q(w)|^2.4 (the clipping search of GPTQ's reference)."""
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
-    G = _grouped(W.float(), group_size)  # (rows, ng, G)
+    G = _grouped(_work(W), group_size)  # (rows, ng, G)
     xmin = G.amin(dim=-1).clamp(max=0)
     xmax = G.amax(dim=-1).clamp(min=0)
     scale, zero = _params_from_range(xmin, xmax, bits, symmetric)
@@ -108,7 +113,7 @@ def quantize_codes(W, scale, zero, bits: int, g_idx: torch.Tensor) -> torch.Tens
     out = W.shape[0]
     s = _expand(scale, g_idx, out)
     z = _expand(zero, g_idx, out)
-    return torch.clamp(torch.round(W.float() / s) + z, 0, 2**bits - 1).to(torch.uint8)
+    return torch.clamp(torch.round(_work(W) / s) + z, 0, 2**bits - 1).to(torch.uint8)
 
 
 def dequantize(q, scale, zero, g_idx: torch.Tensor) -> torch.Tensor:

@@ -5,3 +5,4 @@ from lowbit.methods.base import METHODS, Method, get_method, register_method
 from lowbit.methods import rtn  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "get_method", "register_method"]
+from lowbit.methods import gptq  # noqa: E402,F401

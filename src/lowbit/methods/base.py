@@ -5,18 +5,12 @@ from typing import ClassVar
 
 import torch
 
+from lowbit.calibration.observer import Observer
 from lowbit.errors import LowbitError
 from lowbit.formats import QuantizedTensor
 from lowbit.spec import QuantSpec
 
 METHODS: dict[str, type["Method"]] = {}
-
-
-class Observer:
-    """Statistics of one Linear's inputs, fed by a forward pre-hook during calibration."""
-
-    def add_batch(self, x: torch.Tensor) -> None:  # x (..., in)
-        raise NotImplementedError
 
 
 class Method:

@@ -96,8 +96,12 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         batches = capture_first_layer_inputs(model, layers, calibration, batch_size)
 
     prefix = arch.layers
+    true_sequential = spec.method_args.get("true_sequential", True)
     for i, layer in enumerate(layers):
-        for group in _groups_in_layer(arch, f"{prefix}.{i}", targets):
+        groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
+        if not true_sequential:  # one pass: every Linear sees inputs from the float layer
+            groups = [[n for g in groups for n in g]]
+        for group in groups:
             observers = {}
             if batches is not None:
                 observers = {n: method.observer(targets[n], spec.for_module(n)) for n in group}

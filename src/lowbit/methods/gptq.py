@@ -1,0 +1,130 @@
+"""GPTQ (Frantar et al., 2022): quantize columns one at a time and spread each column's
+error over the columns not yet quantized, weighted by the inverse Hessian of the layer's
+squared output error. Lazy block updates keep the work in matrix products.
+
+Options (spec.method_args): damp_percent (0.01 of mean diag H), block_size (128),
+act_order (columns by decreasing diag H; groups then follow that order and g_idx is
+written), static_groups (grids fixed from the unquantized weights in natural order, so with
+act_order the group of a column stays column // G and no g_idx is needed).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from lowbit.calibration.hessian import HessianObserver
+from lowbit.formats import QuantizedTensor, column_groups, fit_grid, quantize_codes, quantize_rtn
+from lowbit.methods.base import Method, register_method
+
+log = logging.getLogger(__name__)
+
+
+def _inverse_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp I)^-1 in float64, raising damp if H is not
+    positive definite."""
+    H = H.double()
+    mean_diag = float(torch.diag(H).mean())
+    damp = damp_percent
+    for _ in range(6):
+        Hd = H + damp * mean_diag * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info) == 0:
+                if damp != damp_percent:
+                    log.warning("Hessian needed dampening %.3g (asked %.3g)", damp, damp_percent)
+                return U
+        damp *= 10
+    raise RuntimeError("Hessian is not positive definite even with strong dampening")
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, group_size: int,
+                  clip: str = "minmax", damp_percent: float = 0.01, block_size: int = 128,
+                  act_order: bool = False, static_groups: bool = False,
+                  dtype: torch.dtype = torch.float32) -> QuantizedTensor:
+    """W (out, in), H (in, in) -> QuantizedTensor on a grid chosen as each group is reached.
+    The solve runs in `dtype` (float32; the inverse Hessian is formed in float64)."""
+    out, inp = W.shape
+    W = W.to(dtype).clone()
+    H = H.to(dtype).clone()
+    maxq = 2**bits - 1
+    dead = torch.diag(H) == 0  # inputs that were always zero: their weights do not matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    grouped = group_size > 0
+    if grouped:
+        # blocks hold whole groups, so a group's grid is fitted on fully updated weights
+        block_size = max(group_size, (block_size // group_size) * group_size)
+    static = None
+    if not grouped or static_groups:
+        static = fit_grid(W, bits, symmetric, group_size, clip)  # (rows, ngroups) each
+
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    U = _inverse_cholesky(H, damp_percent).to(dtype)  # (in, in) upper factor of H^-1
+
+    ng = -(-inp // group_size) if grouped else 1
+    scale = torch.zeros(out if group_size != 0 else 1, ng, dtype=dtype)
+    zero = torch.zeros_like(scale)
+    if static is not None:
+        scale, zero = static
+    natural_groups = column_groups(inp, group_size)
+    col_group = natural_groups[perm] if perm is not None else natural_groups  # group of each processed col
+    if grouped and not static_groups:
+        col_group = torch.arange(inp) // group_size  # groups follow the processing order
+
+    Q = torch.zeros_like(W)
+    for i1 in range(0, inp, block_size):
+        i2 = min(i1 + block_size, inp)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        E1 = torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = i1 + i
+            g = int(col_group[j])
+            if grouped and not static_groups and j % group_size == 0:
+                s, z = fit_grid(W1[:, i:i + group_size], bits, symmetric, -1, clip)
+                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+            s, z = scale[:, g], zero[:, g]
+            w = W1[:, i]
+            q = (torch.clamp(torch.round(w / s) + z, 0, maxq) - z) * s
+            Q1[:, i] = q
+            err = (w - q) / U1[i, i]
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            E1[:, i] = err
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+
+    if perm is not None:
+        inv = torch.argsort(perm)
+        Q = Q[:, inv]
+        g_idx = col_group[inv]
+    else:
+        g_idx = col_group
+    codes = quantize_codes(Q, scale, zero, bits, g_idx)  # Q lies on the grid: exact
+    reordered = bool(act_order and grouped and not static_groups)
+    return QuantizedTensor(codes, scale, zero, g_idx, bits, group_size, symmetric, act_order=reordered)
+
+
+@register_method
+class GPTQ(Method):
+    name = "gptq"
+    needs_calibration = True
+
+    def observer(self, module, spec):
+        return HessianObserver(module.in_features, module.weight.device)
+
+    def quantize(self, W, spec, observer=None):
+        if observer is None or observer.n == 0:
+            log.warning("no calibration inputs reached this layer: using round-to-nearest")
+            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, spec.clip)
+        a = spec.method_args
+        return gptq_quantize(W, observer.H, spec.bits, spec.symmetric, spec.group_size, spec.clip,
+                             damp_percent=a.get("damp_percent", 0.01), block_size=a.get("block_size", 128),
+                             act_order=a.get("act_order", False), static_groups=a.get("static_groups", False))
