@@ -53,7 +53,7 @@ def _final_inputs(model, names, calibration, batch_size):
     return got
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "opt"])
 @pytest.mark.parametrize("true_sequential", [True, False])
 def test_statistics_see_the_quantized_model(spy_method, family, true_sequential):
     model = tiny_model(family)
@@ -89,3 +89,16 @@ def test_gptq_beats_rtn_on_the_model_output():
         with torch.no_grad():
             errors[method] = float(((model(held_out).logits - target) ** 2).mean())
     assert errors["gptq"] < 0.7 * errors["rtn"], errors
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_output_cache_changes_nothing(family):
+    """Replaying cached Linear outputs gives bit-identical codes to recomputing them."""
+    calibration = torch.randint(0, 512, (8, 32), generator=torch.Generator().manual_seed(3))
+    codes = []
+    for cache_bytes in (0, 1 << 30):
+        model = tiny_model(family)
+        spec = QuantSpec(method="gptq", bits=3, group_size=32, method_args={"cache_bytes": cache_bytes})
+        codes.append(quantize_model(model, spec, calibration, batch_size=4).tensors)
+    for name in codes[0]:
+        assert torch.equal(codes[0][name].q, codes[1][name].q), name

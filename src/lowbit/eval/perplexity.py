@@ -30,28 +30,40 @@ def _logits(model, batch):
 
 
 @torch.no_grad()
-def evaluate_windows(model, wins: torch.Tensor, base=None, batch_size: int = 2,
-                     progress: Callable[[str, int, int], None] | None = None) -> dict:
-    nll = base_nll = kld = 0.0
-    agree = count = 0
+def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int = 2,
+                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
+    """Metrics for several models on the same windows; the base runs once per batch."""
+    acc = {k: {"nll": 0.0, "kld": 0.0, "agree": 0} for k in models}
+    base_nll, count = 0.0, 0
     for i in range(0, len(wins), batch_size):
         batch = wins[i:i + batch_size]
-        target = batch[:, 1:]
-        logp = F.log_softmax(_logits(model, batch), -1)
-        nll += float(-logp.gather(-1, target[..., None]).sum())
+        target = batch[:, 1:, None]
         count += target.numel()
-        if base is not None:
-            base_logp = F.log_softmax(_logits(base, batch), -1)
-            base_nll += float(-base_logp.gather(-1, target[..., None]).sum())
-            kld += float((base_logp.exp() * (base_logp - logp)).sum())
-            agree += int((base_logp.argmax(-1) == logp.argmax(-1)).sum())
-            del base_logp
-        del logp
+        base_logp = F.log_softmax(_logits(base, batch), -1) if base is not None else None
+        if base_logp is not None:
+            base_nll += float(-base_logp.gather(-1, target).sum())
+            base_p, base_top = base_logp.exp(), base_logp.argmax(-1)
+        for name, model in models.items():
+            logp = F.log_softmax(_logits(model, batch), -1)
+            a = acc[name]
+            a["nll"] += float(-logp.gather(-1, target).sum())
+            if base_logp is not None:
+                a["kld"] += float((base_p * (base_logp - logp)).sum())
+                a["agree"] += int((base_top == logp.argmax(-1)).sum())
+            del logp
         if progress:
             progress("eval", min(i + batch_size, len(wins)), len(wins))
-    out = {"perplexity": math.exp(nll / count), "tokens": count, "windows": len(wins),
-           "seqlen": wins.shape[1], "nll": nll / count}
-    if base is not None:
-        out.update(base_perplexity=math.exp(base_nll / count), kld=kld / count,
-                   top1_agreement=agree / count)
-    return out
+    results = {}
+    for name, a in acc.items():
+        r = {"perplexity": math.exp(a["nll"] / count), "nll": a["nll"] / count, "tokens": count,
+             "windows": len(wins), "seqlen": wins.shape[1]}
+        if base is not None:
+            r.update(base_perplexity=math.exp(base_nll / count), kld=a["kld"] / count,
+                     top1_agreement=a["agree"] / count)
+        results[name] = r
+    return results
+
+
+def evaluate_windows(model, wins: torch.Tensor, base=None, batch_size: int = 2,
+                     progress: Callable[[str, int, int], None] | None = None) -> dict:
+    return evaluate_many({"model": model}, wins, base, batch_size, progress)["model"]

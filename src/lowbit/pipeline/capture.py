@@ -18,6 +18,12 @@ class _Catcher(torch.nn.Module):
         self.layer = layer
         self.store = store
 
+    def __getattr__(self, name):  # the model may read attributes of its layers (attention_type)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.layer, name)
+
     def forward(self, hidden, *args, **kwargs):
         kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values")}
         self.store.append((hidden.detach(), args, kwargs))
@@ -47,37 +53,57 @@ def layer_output(out):
 
 
 @torch.no_grad()
-def run_layer(layer: torch.nn.Module, batches: list) -> list:
+def run_layer(layer: torch.nn.Module, batches: list, cache=None) -> list:
     """Outputs of `layer` for each captured batch, in the same (hidden, args, kwargs) form."""
-    return [(layer_output(layer(h, *a, **kw)), a, kw) for h, a, kw in batches]
+    out = []
+    for b, (h, a, kw) in enumerate(batches):
+        if cache is not None:
+            cache.batch = b
+        out.append((layer_output(layer(h, *a, **kw)), a, kw))
+    return out
 
 
 class StopAfter:
     """Forward pre-hooks that stop a layer's forward once every module of a group has
-    seen its input: the rest of the layer is not needed to gather that group's statistics."""
+    seen its input: the rest of the layer is not needed to gather that group's statistics.
+
+    Modules that receive the very same input tensor (q/k/v, gate/up) are reported once:
+    `shared[name] = owner` records which module's statistics stand for another's."""
 
     def __init__(self, modules: dict[str, torch.nn.Module], on_input):
         self.pending: set[str] = set()
         self.names = set(modules)
+        self.shared: dict[str, str] = {}
+        self._inputs: list = []
         self.handles = [m.register_forward_pre_hook(self._hook(n, on_input))
                         for n, m in modules.items()]
 
     def _hook(self, name, on_input):
         def hook(module, args):
-            on_input(name, args[0])
+            x = args[0]
+            owner = next((n for t, n in self._inputs if t is x), None)
+            if owner is None:
+                self._inputs.append((x, name))
+                on_input(name, x)
+            else:
+                self.shared[name] = owner
             self.pending.discard(name)
             if not self.pending:
                 raise _Stop
         return hook
 
     @torch.no_grad()
-    def run(self, layer, batches):
-        for h, a, kw in batches:
+    def run(self, layer, batches, cache=None):
+        for b, (h, a, kw) in enumerate(batches):
             self.pending = set(self.names)
+            self._inputs = []
+            if cache is not None:
+                cache.batch = b
             try:
                 layer(h, *a, **kw)
             except _Stop:
                 pass
+        self._inputs = []
 
     def remove(self):
         for h in self.handles:

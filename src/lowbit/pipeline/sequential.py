@@ -18,6 +18,7 @@ from lowbit.arch import arch_for, decoder_layers
 from lowbit.formats import QuantizedTensor
 from lowbit.methods import get_method
 from lowbit.pipeline.capture import StopAfter, capture_first_layer_inputs, run_layer
+from lowbit.pipeline.output_cache import OutputCache
 from lowbit.spec import QuantSpec, match_name
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # size that divides the row); the walk quantizes with exactly what will be written.
 FitLayout = Callable[[str, QuantSpec, tuple], QuantSpec]
 Progress = Callable[[str, int, int], None]
+DEFAULT_CACHE_BYTES = 2 << 30  # Linear outputs replayed within a layer (see output_cache.py)
 
 
 @dataclass
@@ -97,6 +99,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
 
     prefix = arch.layers
     true_sequential = spec.method_args.get("true_sequential", True)
+    cache = OutputCache(int(spec.method_args.get("cache_bytes", DEFAULT_CACHE_BYTES)))
     for i, layer in enumerate(layers):
         groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
         if not true_sequential:  # one pass: every Linear sees inputs from the float layer
@@ -108,13 +111,18 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 stopper = StopAfter({n: targets[n] for n in group},
                                     lambda n, x: observers[n].add_batch(x))
                 try:
-                    stopper.run(layer, batches)
+                    stopper.run(layer, batches, cache)
                 finally:
                     stopper.remove()
+                for name, owner in stopper.shared.items():  # same input, same statistics
+                    observers[name] = observers[owner]
             for name in group:
                 quantize_one(name, observers.get(name))
+                if batches is not None:
+                    cache.add(name, targets[name])
         if batches is not None:
-            batches = run_layer(layer, batches)
+            batches = run_layer(layer, batches, cache)
+            cache.clear()
         if progress:
             progress("layers", i + 1, len(layers))
     # Linears outside the decoder layers (an lm_head the user asked for): weights only

@@ -1,0 +1,68 @@
+"""GPTQ against round-to-nearest on the default model, at the issue's three settings.
+
+    python bench/gptq_quality.py [--windows 40] [--asym] [--act-order] [--clip mse]
+
+Prints perplexity, KLD, and the ratio of GPTQ's perplexity increase over the base to
+RTN's (the bar: <= 0.5). Calibration: 128 x 512 tokens of the default calibration text
+(seed 0); evaluation: the default evaluation text, --windows x 512 tokens. Group sizes
+are the ones written to compressed-tensors (128 -> 96 on 576-wide rows)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import quantized_copy, setup  # noqa: E402
+
+from lowbit.eval.perplexity import evaluate_many  # noqa: E402
+from lowbit.spec import QuantSpec  # noqa: E402
+
+SETTINGS = [(4, 128), (3, 128), (4, -1)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--asym", action="store_true")
+    ap.add_argument("--act-order", action="store_true")
+    ap.add_argument("--static-groups", action="store_true")
+    ap.add_argument("--clip", default="minmax", help="grid clipping for both methods: minmax or mse")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    base, calib, wins = setup(args.nsamples, 512, args.windows)
+    models, times = {}, {}
+    gptq_args = {"act_order": args.act_order, "static_groups": args.static_groups}
+    for bits, g in SETTINGS:
+        for method in ("rtn", "gptq"):
+            spec = QuantSpec(method=method, bits=bits, group_size=g, symmetric=not args.asym, clip=args.clip,
+                             method_args=gptq_args if method == "gptq" else {})
+            name = f"{method} w{bits} g{g}"
+            t0 = time.perf_counter()
+            models[name], _ = quantized_copy(base.model, spec, calib)
+            times[name] = time.perf_counter() - t0
+            print(f"quantized {name} in {times[name]:.1f} s", flush=True)
+    res = evaluate_many(models, wins, base.model)
+    base_ppl = next(iter(res.values()))["base_perplexity"]
+    grid = "asym" if args.asym else "sym"
+    print(f"\nbase perplexity {base_ppl:.3f} on {wins.numel()} tokens ({len(wins)} x 512); "
+          f"{grid}, clip {args.clip}, act_order {args.act_order}")
+    print(f"{'setting':<12}{'RTN ppl':>10}{'GPTQ ppl':>10}{'RTN KLD':>10}{'GPTQ KLD':>10}{'ratio':>8}  bar <= 0.5")
+    rows = []
+    for bits, g in SETTINGS:
+        r, q = res[f"rtn w{bits} g{g}"], res[f"gptq w{bits} g{g}"]
+        ratio = (q["perplexity"] - base_ppl) / (r["perplexity"] - base_ppl)
+        rows.append({"bits": bits, "group_size": g, "rtn": r, "gptq": q, "ratio": ratio,
+                     "gptq_seconds": times[f"gptq w{bits} g{g}"]})
+        print(f"w{bits} g{g:<8}{r['perplexity']:>10.3f}{q['perplexity']:>10.3f}{r['kld']:>10.4f}"
+              f"{q['kld']:>10.4f}{ratio:>8.3f}  {'ok' if ratio <= 0.5 else 'MISSED'}")
+    if args.json:
+        args.json.write_text(json.dumps({"base_perplexity": base_ppl, "args": vars(args) | {"json": str(args.json)},
+                                         "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
