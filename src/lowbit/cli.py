@@ -80,6 +80,20 @@ def _print_eval_table(res: dict, title: str, quantize_seconds: float | None = No
     out.print(t)
 
 
+def _print_layout_changes(changes: dict):
+    kinds: dict[str, int] = {}
+    for c in changes.values():
+        if "used" in c:
+            key = f"group size {c['requested']} -> {c['used']}"
+            kinds[key] = kinds.get(key, 0) + 1
+        for k, v in c.items():
+            if isinstance(v, dict):
+                key = f"{k} {v['requested']} -> {v['used']}"
+                kinds[key] = kinds.get(key, 0) + 1
+    err.print(f"[yellow]note:[/] {len(changes)} layers changed layout so compressed-tensors can store them: "
+              + ", ".join(f"{k} ({n} layers)" for k, n in kinds.items()) + "; recorded in lowbit.json")
+
+
 @app.command()
 def quantize(
     model: Optional[str] = typer.Argument(None, help="HF directory, .gguf file, hub id; default SmolLM2-135M"),
@@ -89,6 +103,12 @@ def quantize(
     group_size: int = typer.Option(128, help="group size; -1 per channel, 0 per tensor"),
     sym: bool = typer.Option(True, "--sym/--asym", help="symmetric grid or asymmetric with zero point"),
     clip: str = typer.Option("minmax", help="grid range: minmax or mse (clipping search)"),
+    damp_percent: float = typer.Option(0.01, help="gptq: dampening, fraction of the mean Hessian diagonal"),
+    act_order: bool = typer.Option(False, "--act-order/--no-act-order", help="gptq: columns by decreasing Hessian diagonal"),
+    static_groups: bool = typer.Option(False, "--static-groups/--no-static-groups",
+                                       help="gptq: group grids fixed before the solve (act-order without g_idx)"),
+    true_sequential: bool = typer.Option(True, "--true-sequential/--no-true-sequential",
+                                         help="statistics of later projections from quantized earlier ones"),
     calib: Optional[Path] = typer.Option(None, help="calibration text (.txt, .jsonl, .parquet)"),
     nsamples: int = typer.Option(128, help="calibration samples"),
     seqlen: int = typer.Option(512, help="tokens per calibration sample / eval window"),
@@ -107,17 +127,18 @@ def quantize(
 
     if fmt != "compressed-tensors":
         raise LowbitError(f"--format {fmt} is not available yet: use --format compressed-tensors")
-    spec = QuantSpec(method=method, bits=bits, group_size=group_size, symmetric=sym, clip=clip)
+    method_args = {"true_sequential": true_sequential}
+    if method == "gptq":
+        method_args.update(damp_percent=damp_percent, act_order=act_order, static_groups=static_groups)
+    spec = QuantSpec(method=method, bits=bits, group_size=group_size, symmetric=sym, clip=clip,
+                     method_args=method_args)
     output = output or _default_out(model, spec)
     with _Bars(not as_json) as bars:
         summary = api.quantize(model, spec, output, calib=calib, nsamples=nsamples, seqlen=seqlen,
                                seed=seed, overwrite=overwrite, allow_pickle=allow_pickle, progress=bars)
         loaded = summary.pop("loaded")
         if summary["layout_changes"] and not as_json:
-            used = sorted({(c["requested"], c["used"]) for c in summary["layout_changes"].values()})
-            err.print(f"[yellow]note:[/] {len(summary['layout_changes'])} layers use another group size "
-                      f"so compressed-tensors can store them: "
-                      + ", ".join(f"{a} -> {b}" for a, b in used) + " (recorded in lowbit.json)")
+            _print_layout_changes(summary["layout_changes"])
         res = None
         if evaluate:
             res = api.evaluate(str(output), base="auto", data=data, seqlen=seqlen,

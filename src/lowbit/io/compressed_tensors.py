@@ -28,16 +28,19 @@ CT_VERSION = "0.12.2"  # the config schema we write; loads with compressed-tenso
 
 
 def fit_layout(name: str, spec: QuantSpec, shape: tuple) -> QuantSpec:
-    """Largest group size <= the requested one that divides the row."""
+    """What compressed-tensors (0.20) can store: the largest group size <= the requested
+    one that divides the row; act-order only with static groups (actorder "group", i.e. a
+    per-column g_idx, was removed from the library)."""
     from dataclasses import replace
     in_features = shape[1]
     g = spec.group_size
-    if g <= 0 or in_features % g == 0:
-        return spec
-    if g >= in_features:
-        return replace(spec, group_size=in_features)
-    best = max(d for d in range(1, g + 1) if in_features % d == 0)
-    return replace(spec, group_size=best)
+    if g > 0 and in_features % g:
+        g = in_features if g >= in_features else max(d for d in range(1, g + 1) if in_features % d == 0)
+        spec = replace(spec, group_size=g)
+    args = spec.method_args
+    if args.get("act_order") and not args.get("static_groups") and spec.group_size > 0:
+        spec = replace(spec, method_args={**args, "static_groups": True})
+    return spec
 
 
 def _strategy(group_size: int) -> str:
@@ -49,7 +52,7 @@ def weight_args(qt: QuantizedTensor) -> dict:
         "num_bits": qt.bits, "type": "int", "symmetric": qt.symmetric,
         "group_size": qt.group_size if qt.group_size > 0 else None,
         "strategy": _strategy(qt.group_size), "block_structure": None,
-        "dynamic": False, "actorder": "group" if qt.act_order else None,
+        "dynamic": False, "actorder": None,
         "observer": "minmax", "observer_kwargs": {},
     }
 
@@ -72,6 +75,9 @@ def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) 
 
 
 def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    if qt.act_order:
+        raise ValueError(f"{name}: compressed-tensors no longer loads a per-column g_idx; "
+                         "quantize with fit_layout (act-order with static groups)")
     out, inp = qt.shape
     d = {f"{name}.weight_packed": pack_words(qt.q, qt.bits, dim=1),
          f"{name}.weight_shape": torch.tensor([out, inp], dtype=torch.int32)}
@@ -82,8 +88,6 @@ def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str,
             d[f"{name}.weight_zero_point"] = (qt.zero.reshape(1) - 2 ** (qt.bits - 1)).to(torch.int8)
         else:
             d[f"{name}.weight_zero_point"] = pack_words(qt.zero.to(torch.uint8), qt.bits, dim=0)
-    if qt.act_order:
-        d[f"{name}.weight_g_idx"] = qt.g_idx.to(torch.int32)
     return d
 
 

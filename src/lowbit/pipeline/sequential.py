@@ -65,6 +65,18 @@ def _groups_in_layer(arch, prefix: str, targets: dict) -> list[list[str]]:
     return groups
 
 
+def _layout_change(asked: QuantSpec, used: QuantSpec) -> dict:
+    """What the output format changed: {"requested": 128, "used": 96} for the group size,
+    plus any method option it had to change (e.g. static_groups)."""
+    change = {}
+    if used.group_size != asked.group_size:
+        change.update(requested=asked.group_size, used=used.group_size)
+    for key, value in used.method_args.items():
+        if asked.method_args.get(key) != value:
+            change[key] = {"requested": asked.method_args.get(key), "used": value}
+    return change
+
+
 @torch.no_grad()
 def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None = None,
                    fit_layout: FitLayout | None = None, progress: Progress | None = None,
@@ -83,9 +95,9 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         mspec = spec.for_module(name)
         if fit_layout is not None:
             fitted = fit_layout(name, mspec, tuple(module.weight.shape))
-            if fitted.group_size != mspec.group_size:
-                result.layout_changes[name] = {"requested": mspec.group_size,
-                                               "used": fitted.group_size}
+            change = _layout_change(mspec, fitted)
+            if change:
+                result.layout_changes[name] = change
             mspec = fitted
         qt = method.quantize(module.weight.data, mspec, observer)
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
