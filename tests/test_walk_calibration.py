@@ -76,7 +76,8 @@ def test_statistics_see_the_quantized_model(spy_method, family, true_sequential)
         assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(observers[o_proj].inputs, final[o_proj]))
 
 
-def test_gptq_beats_rtn_on_the_model_output():
+@pytest.mark.parametrize("forward_dtype", ["float32", "bfloat16"])
+def test_gptq_beats_rtn_on_the_model_output(forward_dtype):
     calibration = torch.randint(0, 512, (16, 64), generator=torch.Generator().manual_seed(1))
     held_out = torch.randint(0, 512, (4, 64), generator=torch.Generator().manual_seed(2))
     ref = tiny_model("llama")
@@ -85,7 +86,8 @@ def test_gptq_beats_rtn_on_the_model_output():
     errors = {}
     for method in ("rtn", "gptq"):
         model = tiny_model("llama")
-        quantize_model(model, QuantSpec(method=method, bits=3, group_size=-1), calibration)
+        spec = QuantSpec(method=method, bits=3, group_size=-1, method_args={"forward_dtype": forward_dtype})
+        quantize_model(model, spec, calibration)
         with torch.no_grad():
             errors[method] = float(((model(held_out).logits - target) ** 2).mean())
     assert errors["gptq"] < 0.7 * errors["rtn"], errors

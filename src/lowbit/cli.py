@@ -109,6 +109,7 @@ def quantize(
                                        help="gptq: group grids fixed before the solve (act-order without g_idx)"),
     true_sequential: bool = typer.Option(True, "--true-sequential/--no-true-sequential",
                                          help="statistics of later projections from quantized earlier ones"),
+    forward_dtype: str = typer.Option("float32", help="calibration forward passes: float32 or bfloat16"),
     calib: Optional[Path] = typer.Option(None, help="calibration text (.txt, .jsonl, .parquet)"),
     nsamples: int = typer.Option(128, help="calibration samples"),
     seqlen: int = typer.Option(512, help="tokens per calibration sample / eval window"),
@@ -127,7 +128,7 @@ def quantize(
 
     if fmt != "compressed-tensors":
         raise LowbitError(f"--format {fmt} is not available yet: use --format compressed-tensors")
-    method_args = {"true_sequential": true_sequential}
+    method_args = {"true_sequential": true_sequential, "forward_dtype": forward_dtype}
     if method == "gptq":
         method_args.update(damp_percent=damp_percent, act_order=act_order, static_groups=static_groups)
     spec = QuantSpec(method=method, bits=bits, group_size=group_size, symmetric=sym, clip=clip,
