@@ -133,3 +133,25 @@ def test_short_calibration_text_refused(capsys, tmp_path, tiny_dir):
     code, _, err = run(["quantize", str(tiny_dir), "-o", str(tmp_path / "o"), "--method", "gptq",
                         "--calib", str(short), "--no-eval"], capsys)
     _one_line_error(code, err, "calibration text", "--calib")
+
+
+def test_nan_weights_refused(capsys, tmp_path, default_tokenizer):
+    d = tmp_path / "nan"
+    model = tiny_model("llama", vocab=VOCAB)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(d)
+    default_tokenizer.save_pretrained(d)
+    code, _, err = run(["quantize", str(d), "-o", str(tmp_path / "o"), "--no-eval"], capsys)
+    _one_line_error(code, err, "NaN", "up_proj")
+    assert not (tmp_path / "o").exists()
+
+
+def test_info_reads_a_gguf_file(capsys):
+    from lowbit.io.default_model import default_gguf
+    code, stdout, err = run(["info", str(default_gguf()), "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(stdout)
+    assert info["kind"] == "gguf" and info["model_type"] == "llama"
+    assert info["layers"] == 30 and info["hidden_size"] == 576
+    assert abs(info["params"] - 134.5e6) < 0.1e6
