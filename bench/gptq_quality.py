@@ -28,14 +28,14 @@ def main():
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--asym", action="store_true")
-    ap.add_argument("--act-order", action="store_true")
-    ap.add_argument("--static-groups", action="store_true")
-    ap.add_argument("--clip", default="minmax", help="grid clipping for both methods: minmax or mse")
+    ap.add_argument("--no-act-order", action="store_true", help="gptq in natural column order")
+    ap.add_argument("--forward-dtype", default="float32", help="calibration forward passes: float32 or bfloat16")
+    ap.add_argument("--clip", default="auto", help="grid clipping: auto (rtn minmax, gptq mse), minmax or mse")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     base, calib, wins = setup(args.nsamples, 512, args.windows)
     models, times = {}, {}
-    gptq_args = {"act_order": args.act_order, "static_groups": args.static_groups}
+    gptq_args = {"act_order": not args.no_act_order, "forward_dtype": args.forward_dtype}
     for bits, g in SETTINGS:
         for method in ("rtn", "gptq"):
             spec = QuantSpec(method=method, bits=bits, group_size=g, symmetric=not args.asym, clip=args.clip,
@@ -49,7 +49,7 @@ def main():
     base_ppl = next(iter(res.values()))["base_perplexity"]
     grid = "asym" if args.asym else "sym"
     print(f"\nbase perplexity {base_ppl:.3f} on {wins.numel()} tokens ({len(wins)} x 512); "
-          f"{grid}, clip {args.clip}, act_order {args.act_order}")
+          f"{grid}, clip {args.clip}, gptq {gptq_args}")
     print(f"{'setting':<12}{'RTN ppl':>10}{'GPTQ ppl':>10}{'RTN KLD':>10}{'GPTQ KLD':>10}{'ratio':>8}  bar <= 0.5")
     rows = []
     for bits, g in SETTINGS:

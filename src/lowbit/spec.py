@@ -22,7 +22,7 @@ class QuantSpec:
     bits: int = 4
     group_size: int = 128  # > 0 per group, -1 per output channel, 0 per tensor
     symmetric: bool = True
-    clip: str = "minmax"  # "mse": search a clipping ratio per group
+    clip: str = "auto"  # "minmax", "mse" (clipping search per group), "auto": the method's choice
     targets: tuple[str, ...] = ("Linear",)  # "Linear" or "re:<regex>" on module names
     ignore: tuple[str, ...] = DEFAULT_IGNORE  # names or "re:<regex>"; checked after targets
     # per-module overrides: ("re:<regex>", {"bits": 8, ...}) in order, later ones win
@@ -38,8 +38,8 @@ class QuantSpec:
         if not isinstance(self.group_size, int) or self.group_size < -1:
             raise LowbitError(f"group size {self.group_size} is invalid: use a positive size, "
                               "-1 for per channel or 0 for per tensor")
-        if self.clip not in ("minmax", "mse"):
-            raise LowbitError(f"clip={self.clip!r} is unknown: use 'minmax' or 'mse'")
+        if self.clip not in ("auto", "minmax", "mse"):
+            raise LowbitError(f"clip={self.clip!r} is unknown: use 'auto', 'minmax' or 'mse'")
 
     def for_module(self, name: str) -> "QuantSpec":
         """The spec that applies to one module, after per-module overrides."""

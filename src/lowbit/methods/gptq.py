@@ -6,6 +6,8 @@ Options (spec.method_args): damp_percent (0.01 of mean diag H), block_size (128)
 act_order (columns by decreasing diag H; groups then follow that order and g_idx is
 written), static_groups (grids fixed from the unquantized weights in natural order, so with
 act_order the group of a column stays column // G and no g_idx is needed).
+Defaults: act_order with static groups (the quality of act-order, the plain layout and
+fast kernels of natural groups); spec.clip "auto" means an MSE clipping search.
 """
 from __future__ import annotations
 
@@ -123,8 +125,10 @@ class GPTQ(Method):
     def quantize(self, W, spec, observer=None):
         if observer is None or observer.n == 0:
             log.warning("no calibration inputs reached this layer: using round-to-nearest")
-            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, spec.clip)
+            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size,
+                                "mse" if spec.clip == "auto" else spec.clip)
         a = spec.method_args
-        return gptq_quantize(W, observer.H, spec.bits, spec.symmetric, spec.group_size, spec.clip,
+        clip = "mse" if spec.clip == "auto" else spec.clip
+        return gptq_quantize(W, observer.H, spec.bits, spec.symmetric, spec.group_size, clip,
                              damp_percent=a.get("damp_percent", 0.01), block_size=a.get("block_size", 128),
-                             act_order=a.get("act_order", False), static_groups=a.get("static_groups", False))
+                             act_order=a.get("act_order", True), static_groups=a.get("static_groups", True))

@@ -10,4 +10,5 @@ class RTN(Method):
     name = "rtn"
 
     def quantize(self, W, spec, observer=None):
-        return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, spec.clip)
+        clip = "minmax" if spec.clip == "auto" else spec.clip  # the classic baseline
+        return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip)
