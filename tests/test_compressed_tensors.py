@@ -118,11 +118,11 @@ def test_act_order_becomes_static_groups_for_compressed_tensors(tmp_path, defaul
     from lowbit.io import compressed_tensors as ct
     model = tiny_model("llama", vocab=VOCAB)
     calib = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed(0))
-    spec = QuantSpec(method="gptq", bits=4, group_size=32, method_args={"act_order": True})
+    spec = QuantSpec(method="gptq", bits=4, group_size=32, method_args={"act_order": True, "static_groups": False})
     result = quantize_model(model, spec, calib, fit_layout=ct.fit_layout)
     assert not any(qt.act_order for qt in result.tensors.values())
     change = result.layout_changes["model.layers.0.mlp.down_proj"]
-    assert change == {"static_groups": {"requested": None, "used": True}}
+    assert change == {"static_groups": {"requested": False, "used": True}}
     out = tmp_path / "q"
     save_quantized(out, model, default_tokenizer, result.tensors, {"base_model": "tiny"})
     ids = torch.randint(0, VOCAB, (2, 24))
@@ -134,7 +134,7 @@ def test_act_order_becomes_static_groups_for_compressed_tensors(tmp_path, defaul
 def test_g_idx_is_never_written(tmp_path, default_tokenizer):
     model = tiny_model("llama", vocab=VOCAB)
     calib = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed(0))
-    spec = QuantSpec(method="gptq", bits=4, group_size=32, method_args={"act_order": True})
+    spec = QuantSpec(method="gptq", bits=4, group_size=32, method_args={"act_order": True, "static_groups": False})
     result = quantize_model(model, spec, calib)  # no fit_layout: a real g_idx
     with pytest.raises(ValueError, match="g_idx"):
         save_quantized(tmp_path / "q", model, default_tokenizer, result.tensors, {})
