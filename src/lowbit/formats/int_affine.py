@@ -90,14 +90,27 @@ def fit_grid(W: torch.Tensor, bits: int, symmetric: bool, group_size: int,
     if clip == "mse":
         maxq = 2**bits - 1
         best = torch.full_like(scale, float("inf"))
-        for i in range(int(MSE_MAX_SHRINK * MSE_GRID)):
-            p = 1 - i / MSE_GRID
+
+        def try_shrink(p):  # keep, per group, the shrink factor with the lowest error
+            nonlocal best, scale, zero
             s, z = _params_from_range(p * xmin, p * xmax, bits, symmetric)
             err = (_fake_quant(G, s[..., None], z[..., None], maxq) - G).abs_().pow_(MSE_NORM).sum(-1)
             better = err < best
             best = torch.where(better, err, best)
             scale = torch.where(better, s, scale)
             zero = torch.where(better, z, zero)
+            return better
+
+        # coarse-to-fine over GPTQ's range of shrink factors (1.0 down to 0.2 in steps of
+        # 0.01): steps of 0.05 first, then 0.01 around each group's best coarse factor
+        coarse = torch.arange(0, int(MSE_MAX_SHRINK * MSE_GRID), 5)
+        best_p = torch.ones_like(scale)
+        for i in coarse.tolist():
+            p = 1 - i / MSE_GRID
+            best_p = torch.where(try_shrink(p), torch.full_like(best_p, p), best_p)
+        for d in (-4, -3, -2, -1, 1, 2, 3, 4):
+            p = (best_p + d / MSE_GRID).clamp(1 - MSE_MAX_SHRINK, 1.0)
+            try_shrink(p)
     elif clip != "minmax":
         raise ValueError(f"clip must be 'minmax' or 'mse', got {clip!r}")
     return scale, zero
