@@ -66,6 +66,19 @@ def _groups_in_layer(arch, prefix: str, targets: dict) -> list[list[str]]:
     return groups
 
 
+def _frozen_containers(layer, layer_name: str, targets: dict, done: dict):
+    """Submodules of a layer (not the layer itself) whose target Linears are all quantized:
+    their inputs come from earlier, already fixed parts of the layer, so their outputs are
+    fixed too."""
+    for rel, module in layer.named_modules():
+        if not rel or isinstance(module, torch.nn.Linear):
+            continue
+        inner = [f"{layer_name}.{rel}.{n}" for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+        inner = [n for n in inner if n in targets]
+        if inner and all(n in done for n in inner):
+            yield f"{layer_name}.{rel}", module
+
+
 def _forward_context(dtype: str):
     """Calibration forward passes in float32, or in bfloat16 by autocast (AVX-512 BF16 and
     AMX run bf16 matmuls several times faster; weights are still quantized from float32)."""
@@ -145,6 +158,9 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 quantize_one(name, observers.get(name))
                 if batches is not None:
                     cache.add(name, targets[name])
+            if batches is not None:
+                for cname, container in _frozen_containers(layer, f"{prefix}.{i}", targets, result.tensors):
+                    cache.add(cname, container)
         if batches is not None:
             with forward():
                 batches = run_layer(layer, batches, cache)
