@@ -139,3 +139,21 @@ def test_g_idx_is_never_written(tmp_path, default_tokenizer):
     with pytest.raises(ValueError, match="g_idx"):
         save_quantized(tmp_path / "q", model, default_tokenizer, result.tensors, {})
     assert not (tmp_path / "q").exists()
+
+
+def test_transformers5_rope_parameters_are_honoured(tmp_path, default_tokenizer):
+    """A config that keeps rope_theta only under rope_parameters (transformers 5) must not
+    fall back to the 4.x default theta."""
+    model = tiny_model("llama", vocab=VOCAB)
+    model.config.rope_theta = 100000.0
+    d = tmp_path / "m"
+    model.save_pretrained(d)
+    default_tokenizer.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_theta": cfg.pop("rope_theta"), "rope_type": "default"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    loaded = load_model(str(d))
+    assert loaded.model.config.rope_theta == 100000.0
+    ids = torch.randint(0, VOCAB, (1, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, model(ids).logits)

@@ -59,7 +59,8 @@ def load_quantized(path: Path, dtype=torch.float32):
 
     from lowbit.io.load import Loaded
 
-    config = AutoConfig.from_pretrained(str(path))
+    from lowbit.io.load import fix_config
+    config = fix_config(AutoConfig.from_pretrained(str(path)), json.loads((path / "config.json").read_text()))
     qconfig = config.quantization_config
     qconfig = qconfig if isinstance(qconfig, dict) else qconfig.to_dict()
     del config.quantization_config

@@ -33,6 +33,18 @@ def _read_config(path: Path) -> dict:
                           "repair or re-download the model") from None
 
 
+def fix_config(config, raw: dict):
+    """Configs written by transformers 5 keep RoPE settings only under "rope_parameters";
+    transformers 4.x ignores that key and would silently use its default rope_theta."""
+    rope = raw.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" not in raw and "rope_theta" in rope:
+        log.info("rope_theta %s taken from rope_parameters", rope["rope_theta"])
+        config.rope_theta = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default" and getattr(config, "rope_scaling", None) is None:
+            config.rope_scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return config
+
+
 def load_gguf(path: Path, dtype=torch.float32):
     """A GGUF file dequantized to float by transformers, with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,8 +104,10 @@ def _load_hf_dir(path: Path, allow_pickle: bool, dtype) -> Loaded:
             raise LowbitError(f"{path} has config.json but no weights (*.safetensors): "
                               "copy the weight files into it")
     try:
+        from transformers import AutoConfig
+        config = fix_config(AutoConfig.from_pretrained(str(path)), cfg)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, use_safetensors=has_safetensors, trust_remote_code=False)
+            str(path), config=config, dtype=dtype, use_safetensors=has_safetensors, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LowbitError(f"cannot load {path}: {first[:300]} (check that the files are complete)") from None
