@@ -134,12 +134,11 @@ class GPTQ(Method):
         return HessianObserver(module.in_features, module.weight.device)
 
     def quantize(self, W, spec, observer=None):
+        clip = "mse" if spec.clip == "auto" else spec.clip
         if observer is None or observer.n == 0:
             log.warning("no calibration inputs reached this layer: using round-to-nearest")
-            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size,
-                                "mse" if spec.clip == "auto" else spec.clip)
+            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip)
         a = spec.method_args
-        clip = "mse" if spec.clip == "auto" else spec.clip
         return gptq_quantize(W, observer.H, spec.bits, spec.symmetric, spec.group_size, clip,
                              damp_percent=a.get("damp_percent", 0.01), block_size=a.get("block_size", 128),
                              act_order=a.get("act_order", True), static_groups=a.get("static_groups", True))
