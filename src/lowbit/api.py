@@ -12,7 +12,7 @@ from lowbit.calibration.text import calibration_samples, load_text, tokenize
 from lowbit.errors import LowbitError
 from lowbit.eval.perplexity import evaluate_windows, windows
 from lowbit.eval.size import bits_per_weight, size_on_disk
-from lowbit.io import compressed_tensors as ct
+from lowbit.io.formats import get_format
 from lowbit.io.atomic import check_output
 from lowbit.io.checkpoint import save_quantized
 from lowbit.io.load import Loaded, load_model
@@ -42,11 +42,13 @@ def _check_weights(model: torch.nn.Module) -> None:
 
 def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128", out: str | Path | None = None,
              *, calib: str | Path | None = None, nsamples: int = 128, seqlen: int = 512, seed: int = 0,
-             overwrite: bool = False, allow_pickle: bool = False, progress: Progress | None = None) -> dict:
-    """Quantize a model and (with `out`) write a compressed-tensors directory atomically.
+             overwrite: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
+             format: str = "compressed-tensors") -> dict:
+    """Quantize a model and (with `out`) write a checkpoint directory in `format` atomically.
     Returns a summary dict; the quantized (dequantized-weights) model is under "loaded"."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
+    writer = get_format(format)
     if out is not None:
         check_output(Path(out), overwrite)
     loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
@@ -60,13 +62,13 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         _warn_small_calibration(loaded.model, calibration)
         calib_info = {"source": str(calib) if calib else "default (wiki-offline, calib split)",
                       "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
-    result = quantize_model(loaded.model, spec, calibration, fit_layout=ct.fit_layout, progress=progress)
+    result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit_layout, progress=progress)
     summary = {"spec": spec.to_dict(), "base_model": loaded.source, "quantize_seconds": result.seconds,
                "layout_changes": result.layout_changes, "calibration": calib_info,
                "quantized_modules": len(result.tensors)}
     if out is not None:
         t0 = time.perf_counter()
-        save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite)
+        save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format)
         summary["write_seconds"] = time.perf_counter() - t0
         summary["out"] = str(out)
     summary["loaded"] = Loaded(loaded.model, loaded.tokenizer, loaded.source, "quantized", result.tensors, summary)

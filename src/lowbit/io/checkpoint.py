@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from lowbit import __version__
-from lowbit.io import compressed_tensors as ct
+from lowbit.io.formats import detect_format, get_format
 from lowbit.io.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -31,30 +31,32 @@ def _plain_state(model: torch.nn.Module, quantized: set[str]) -> dict[str, torch
     return state
 
 
-def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: bool = False) -> Path:
-    """Write OUT atomically: config.json (+ quantization_config), model.safetensors,
-    tokenizer files, and lowbit.json (base model, spec, layout changes, timings)."""
+def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: bool = False,
+                   fmt: str = "compressed-tensors") -> Path:
+    """Write OUT atomically in checkpoint format `fmt`: config.json (+ quantization_config),
+    model.safetensors, tokenizer files, and lowbit.json (base model, spec, layout changes)."""
     dtype = next(model.parameters()).dtype
+    writer = get_format(fmt)
     names = set(tensors)
     state = _plain_state(model, names)
     for name, qt in tensors.items():
-        state.update(ct.pack_tensor(name, qt, dtype))
+        state.update(writer.pack(name, qt, dtype))
     ignore = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in names]
     with atomic_dir(out, overwrite) as tmp:
         cfg = model.config.to_dict()
-        cfg["quantization_config"] = ct.quantization_config(tensors, ignore)
+        cfg["quantization_config"] = writer.quantization_config(tensors, ignore)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp, legacy_format=False)
-        meta = {"lowbit_version": __version__, "format": "compressed-tensors", **meta}
+        meta = {"lowbit_version": __version__, "format": fmt, **meta}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return Path(out)
 
 
 def load_quantized(path: Path, dtype=torch.float32):
-    """A compressed-tensors directory as a float torch model plus its codes."""
+    """A quantized directory (any registered format) as a float torch model plus its codes."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from lowbit.io.load import Loaded
@@ -64,7 +66,10 @@ def load_quantized(path: Path, dtype=torch.float32):
     qconfig = config.quantization_config
     qconfig = qconfig if isinstance(qconfig, dict) else qconfig.to_dict()
     del config.quantization_config
-    tensors, plain = ct.read_tensors(path, qconfig)
+    fmt = detect_format(qconfig)
+    if fmt is None:
+        raise ValueError(f"{path}: quantization_config {qconfig.get('quant_method')!r} is not a format lowbit reads")
+    tensors, plain = fmt.read_tensors(path, qconfig)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.to_empty(device="cpu")

@@ -152,3 +152,13 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
             raise ValueError(f"{mod}: no quantization args in config.json for its packed weight")
         tensors[mod] = unpack_tensor(mod, t, args)
     return tensors, plain
+
+
+def _detect(qconfig: dict) -> bool:
+    return qconfig.get("quant_method") == "compressed-tensors"
+
+
+from lowbit.io.formats import CheckpointFormat, register_format  # noqa: E402
+
+register_format(CheckpointFormat("compressed-tensors", fit_layout, pack_tensor, quantization_config,
+                                 _detect, read_tensors))

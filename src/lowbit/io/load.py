@@ -60,7 +60,8 @@ def load_gguf(path: Path, dtype=torch.float32):
 
 
 def _is_quantized_dir(cfg: dict) -> bool:
-    return (cfg.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+    from lowbit.io.formats import detect_format
+    return detect_format(cfg.get("quantization_config")) is not None
 
 
 def load_model(name: str | None = None, allow_pickle: bool = False, dtype=torch.float32) -> Loaded:
