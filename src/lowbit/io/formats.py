@@ -59,3 +59,5 @@ def detect_format(qconfig: dict | None) -> CheckpointFormat | None:
 
 
 from lowbit.io import compressed_tensors  # noqa: E402,F401  (registers itself)
+from lowbit.io import gptq_v1  # noqa: E402,F401  (registers itself)
+from lowbit.io import awq_gemm  # noqa: E402,F401  (registers itself)

@@ -1,0 +1,225 @@
+"""GPTQ "v1" checkpoints (checkpoint_format "gptq"), as AutoGPTQ wrote them and GPTQModel,
+optimum/transformers and vLLM load them.
+
+On disk, per quantized Linear `name` with weight (out, in), b bits, ng = ceil(in / G) groups:
+  name.qweight  int32 (ceil(in * b / 32), out)  codes packed down the input axis: each column
+                is a little-endian bit stream, code i at bit i * b. For b = 2, 4, 8 that is
+                32 / b codes per word; for b = 3 a block of 32 rows fills 3 words with codes
+                10 and 21 split across word boundaries (the AutoGPTQ/GPTQModel interleave)
+  name.qzeros   int32 (ng, ceil(out * b / 32))  zero points, same bit stream along the
+                output axis, stored as (zero - 1) mod 2**b: the v1 off-by-one
+  name.scales   fp16 (ng, out)
+  name.g_idx    int32 (in,)  group of every input column (column // G, or act-order's)
+  name.bias     kept as is
+Dequantization: w[o, i] = scales[g, o] * (q[i, o] - (stored_zero[g, o] + 1)), g = g_idx[i].
+
+One bits / group size / sym for the whole model in quantization_config; modules that differ
+(per-module overrides) and Linears left in float go into GPTQModel's "dynamic" map.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from lowbit.errors import LowbitError
+from lowbit.formats import QuantizedTensor, column_groups
+from lowbit.spec import QuantSpec
+
+log = logging.getLogger(__name__)
+
+BITS = (2, 3, 4, 8)  # what transformers' GPTQConfig and the v1 kernels accept
+WORD = 32
+SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
+# settings of the quantization run, not of the layout: the writer does not see the spec, so
+# it writes lowbit's GPTQ defaults; the spec actually used is in lowbit.json
+RUN_DEFAULTS = {"damp_percent": 0.01, "true_sequential": True, "static_groups": True}
+
+
+# ---- bit streams of b-bit codes in int32 words (shared with awq_gemm) ----------------------
+
+def pack_stream(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Codes in [0, 2**bits) along `dim` -> int32 words (ceil(n * bits / 32) along `dim`),
+    code i at bit i * bits of the little-endian stream; a code may straddle two words."""
+    v = codes.movedim(dim, -1).to(torch.int64)
+    n = v.shape[-1]
+    if v.numel() and (int(v.min()) < 0 or int(v.max()) >= 2**bits):
+        raise ValueError(f"codes out of range for {bits} bits")
+    nblocks = -(-n // WORD)  # 32 codes fill exactly `bits` words: pack block by block
+    v = torch.nn.functional.pad(v, (0, nblocks * WORD - n)).reshape(*v.shape[:-1], nblocks, WORD)
+    words = torch.zeros(*v.shape[:-1], bits, dtype=torch.int64)
+    for i in range(WORD):
+        word, shift = divmod(i * bits, WORD)
+        words[..., word] |= (v[..., i] << shift) & 0xFFFFFFFF
+        if shift + bits > WORD:  # high bits spill into the next word
+            words[..., word + 1] |= v[..., i] >> (WORD - shift)
+    words = words.reshape(*v.shape[:-2], nblocks * bits)[..., : -(-n * bits // WORD)]
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # two's complement
+    return words.movedim(-1, dim).contiguous()
+
+
+def unpack_stream(words: torch.Tensor, bits: int, n: int, dim: int) -> torch.Tensor:
+    """Inverse of pack_stream: the first n codes along `dim` as uint8."""
+    w = words.movedim(dim, -1).to(torch.int64) & 0xFFFFFFFF
+    nblocks = -(-n // WORD)
+    if w.shape[-1] < -(-n * bits // WORD):
+        raise ValueError(f"{w.shape[-1]} words cannot hold {n} codes of {bits} bits")
+    w = torch.nn.functional.pad(w, (0, nblocks * bits - w.shape[-1]))[..., : nblocks * bits]
+    w = w.reshape(*w.shape[:-1], nblocks, bits)
+    codes = torch.zeros(*w.shape[:-1], WORD, dtype=torch.int64)
+    for i in range(WORD):
+        word, shift = divmod(i * bits, WORD)
+        c = w[..., word] >> shift
+        if shift + bits > WORD:
+            c = c | (w[..., word + 1] << (WORD - shift))
+        codes[..., i] = c & (2**bits - 1)
+    codes = codes.reshape(*codes.shape[:-2], nblocks * WORD)[..., :n]
+    return codes.to(torch.uint8).movedim(-1, dim)
+
+
+# ---- layout ---------------------------------------------------------------------------------
+
+def fit_layout(name: str, spec: QuantSpec, shape: tuple) -> QuantSpec:
+    """GPTQ v1 holds any group size (the last group of a row may be partial: ng = ceil(in/G))
+    and act-order's per-column g_idx. It has no per-tensor grid: that becomes per channel."""
+    if spec.bits not in BITS:
+        raise LowbitError(f"{name}: GPTQ checkpoints hold 2, 3, 4 or 8-bit codes, not {spec.bits}: "
+                          "choose one of those bit widths or --format compressed-tensors")
+    if spec.group_size == 0:
+        spec = replace(spec, group_size=-1)
+    return spec
+
+
+def _layout_key(qt: QuantizedTensor) -> tuple:
+    group = -1 if qt.group_size == 0 else qt.group_size
+    return qt.bits, group, qt.symmetric, qt.act_order
+
+
+def anchored(name: str) -> str:
+    return "^" + re.escape(name) + "$"
+
+
+def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
+    from lowbit import __version__
+    keys = {name: _layout_key(qt) for name, qt in tensors.items()}
+    counts = Counter(keys.values())
+    base = counts.most_common(1)[0][0] if counts else (4, 128, True, False)
+    bits, group, sym, desc_act = base
+    dynamic: dict[str, dict] = {}
+    for name in sorted(keys):
+        if keys[name] != base:
+            b, g, s, a = keys[name]
+            dynamic["+:" + anchored(name)] = {"bits": b, "group_size": g, "sym": s, "desc_act": a}
+    for name in sorted(ignore):  # Linears left in float: loaders must not expect qweight there
+        if name != "lm_head":
+            dynamic["-:" + anchored(name)] = {}
+    cfg = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": desc_act,
+           "sym": sym, **RUN_DEFAULTS, "checkpoint_format": "gptq", "format": "gptq",
+           "pack_dtype": "int32", "lm_head": "lm_head" in tensors,
+           "meta": {"quantizer": [f"lowbit:{__version__}"], **RUN_DEFAULTS}}
+    if dynamic:
+        cfg["dynamic"] = dynamic
+    return cfg
+
+
+# ---- write / read ---------------------------------------------------------------------------
+
+def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    if qt.bits not in BITS:
+        raise ValueError(f"{name}: GPTQ v1 holds 2, 3, 4 or 8-bit codes, not {qt.bits}")
+    out, inp = qt.shape
+    scale, zero = qt.scale, qt.zero
+    if scale.shape[0] == 1:  # a per-tensor grid is a per-channel grid with equal rows
+        scale, zero = scale.expand(out, -1), zero.expand(out, -1)
+    zero = zero.round().to(torch.int64)
+    if not qt.symmetric and bool((zero == 0).any()):
+        # (0 - 1) mod 2**b is all ones: exact for field-wise readers (AutoGPTQ, GPTQModel's
+        # 3-bit path, lowbit); GPTQModel's 2/4/8-bit loader adds 1 per word and carries it
+        # into the neighbouring zero point, as for its own asymmetric v1 files
+        log.warning("%s: %d asymmetric groups have zero point 0, which GPTQ v1 stores as -1",
+                    name, int((zero == 0).sum()))
+    scales = scale.t().to(torch.float16).contiguous()  # (ng, out)
+    if not torch.isfinite(scales).all():
+        raise ValueError(f"{name}: a scale overflows float16")
+    return {
+        f"{name}.qweight": pack_stream(qt.q.t(), qt.bits, dim=0),
+        f"{name}.qzeros": pack_stream(((zero - 1) % 2**qt.bits).t(), qt.bits, dim=1),
+        f"{name}.scales": scales,
+        f"{name}.g_idx": qt.g_idx.to(torch.int32).contiguous(),
+    }
+
+
+def module_settings(name: str, qconfig: dict) -> dict | None:
+    """bits / group_size / sym / desc_act of one module after GPTQModel's "dynamic" map
+    (first matching pattern wins; "-:" means left in float -> None)."""
+    settings = {k: qconfig.get(k) for k in ("bits", "group_size", "sym", "desc_act")}
+    for pattern, override in (qconfig.get("dynamic") or {}).items():
+        negative = pattern.startswith("-:")
+        regex = pattern[2:] if pattern[:2] in ("-:", "+:") else pattern
+        if re.match(regex, name):
+            return None if negative else {**settings, **override}
+    return settings
+
+
+def unpack_tensor(name: str, t: dict[str, torch.Tensor], settings: dict, zero_offset: int) -> QuantizedTensor:
+    bits, group = int(settings["bits"]), int(settings["group_size"])
+    scales = t["scales"].float()  # (ng, out)
+    out = scales.shape[1]
+    inp = t["g_idx"].numel() if "g_idx" in t else t["qweight"].shape[0] * WORD // bits
+    q = unpack_stream(t["qweight"], bits, inp, dim=0).t().contiguous()  # (out, in)
+    stored = unpack_stream(t["qzeros"], bits, out, dim=1).to(torch.int64)
+    zero = ((stored + zero_offset) % 2**bits).t().float().contiguous()  # (out, ng)
+    natural = column_groups(inp, group)
+    g_idx = t["g_idx"].long() if "g_idx" in t else natural
+    act_order = not torch.equal(g_idx, natural)
+    half = 2 ** (bits - 1)
+    symmetric = bool(settings.get("sym", True)) and bool((zero == half).all())
+    if group > 0 and scales.shape[0] != -(-inp // group):
+        raise ValueError(f"{name}: {scales.shape[0]} groups of scales for {inp} columns in groups of {group}")
+    return QuantizedTensor(q, scales.t().contiguous(), zero, g_idx, bits, group, symmetric, act_order)
+
+
+def split_modules(model_dir: Path, suffixes: tuple) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
+    """Every tensor of the directory's safetensors: per-module packed parts, and the rest."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                mod, _, suffix = k.rpartition(".")
+                if suffix in suffixes:
+                    modules.setdefault(mod, {})[suffix] = fh.get_tensor(k)
+                else:
+                    plain[k] = fh.get_tensor(k)
+    return modules, plain
+
+
+def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTensor], dict[str, torch.Tensor]]:
+    # v2 (GPTQModel's internal format) stores the zero point itself
+    offset = 0 if _checkpoint_format(qconfig) == "gptq_v2" else 1
+    modules, plain = split_modules(model_dir, SUFFIXES)
+    tensors = {}
+    for mod, t in modules.items():
+        settings = module_settings(mod, qconfig)
+        if settings is None or not {"qweight", "qzeros", "scales"} <= set(t):
+            raise ValueError(f"{mod}: incomplete GPTQ tensors or excluded by quantization_config")
+        tensors[mod] = unpack_tensor(mod, t, settings, offset)
+    return tensors, plain
+
+
+def _checkpoint_format(qconfig: dict) -> str:
+    return str(qconfig.get("checkpoint_format") or qconfig.get("format") or "gptq").lower()
+
+
+def _detect(qconfig: dict) -> bool:
+    return qconfig.get("quant_method") == "gptq" and _checkpoint_format(qconfig) in ("gptq", "gptq_v2")
+
+
+from lowbit.io.formats import CheckpointFormat, register_format  # noqa: E402
+
+register_format(CheckpointFormat("gptq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors))
