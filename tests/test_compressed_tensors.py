@@ -100,11 +100,11 @@ def test_transformers_with_compressed_tensors_loads_it(written):
 def test_output_is_atomic_when_writing_fails(tmp_path, default_tokenizer, monkeypatch):
     model = tiny_model("llama", vocab=VOCAB)
     result = quantize_model(model, QuantSpec(bits=4, group_size=24))
-    import lowbit.io.checkpoint as ckpt
+    import lowbit.io.shards as shards
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(ckpt, "save_file", boom)
+    monkeypatch.setattr(shards, "save_file", boom)
     with pytest.raises(OSError):
         save_quantized(tmp_path / "q", model, default_tokenizer, result.tensors, {})
     assert list(tmp_path.iterdir()) == []  # no OUT, no temporary left behind

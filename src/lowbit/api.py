@@ -15,9 +15,13 @@ from lowbit.eval.size import bits_per_weight, size_on_disk
 from lowbit.io.formats import get_format
 from lowbit.io.atomic import check_output
 from lowbit.io.checkpoint import save_quantized
+from lowbit.io.lazy_weights import load_for_walk
 from lowbit.io.load import Loaded, load_model
+from lowbit.io.shards import DEFAULT_MAX_SHARD_BYTES
 from lowbit.methods import get_method
+from lowbit.arch import arch_for
 from lowbit.pipeline import quantize_model
+from lowbit.pipeline.layer_store import LayerStore, work_dir_for
 from lowbit.spec import QuantSpec, preset
 
 log = logging.getLogger(__name__)
@@ -43,16 +47,29 @@ def _check_weights(model: torch.nn.Module) -> None:
 def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128", out: str | Path | None = None,
              *, calib: str | Path | None = None, nsamples: int = 128, seqlen: int = 512, seed: int = 0,
              overwrite: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
-             format: str = "compressed-tensors") -> dict:
+             format: str = "compressed-tensors", resume: bool = False,
+             checkpoint_seconds: float = 60.0, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict:
     """Quantize a model and (with `out`) write a checkpoint directory in `format` atomically.
-    Returns a summary dict; the quantized (dequantized-weights) model is under "loaded"."""
+
+    With `out` and a model on disk (a safetensors directory or the default model), decoder
+    layers are read one at a time and each finished layer is saved beside OUT, so a killed
+    run continues with resume=True. Returns a summary dict; "loaded" holds the quantized
+    (dequantized-weights) model when it was in memory, else None."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
     writer = get_format(format)
     if out is not None:
-        check_output(Path(out), overwrite)
-    loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
-    _check_weights(loaded.model)
+        out = Path(out)
+        check_output(out, overwrite)
+    lazy = None
+    if isinstance(model, Loaded):
+        loaded = model
+    elif out is not None:
+        loaded, lazy = load_for_walk(model, allow_pickle)
+    else:
+        loaded = load_model(model, allow_pickle)
+    if lazy is None:
+        _check_weights(loaded.model)
     torch.manual_seed(seed)
     calibration = None
     calib_info = None
@@ -62,16 +79,25 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         _warn_small_calibration(loaded.model, calibration)
         calib_info = {"source": str(calib) if calib else "default (wiki-offline, calib split)",
                       "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
-    result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit_layout, progress=progress)
+    store = None
+    if out is not None:
+        run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format}
+        store = LayerStore(work_dir_for(out), run, resume, checkpoint_seconds)
+    result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit_layout, progress=progress,
+                            lazy=lazy, store=store)
     summary = {"spec": spec.to_dict(), "base_model": loaded.source, "quantize_seconds": result.seconds,
                "layout_changes": result.layout_changes, "calibration": calib_info,
-               "quantized_modules": len(result.tensors)}
+               "quantized_modules": len(result.specs)}
     if out is not None:
         t0 = time.perf_counter()
-        save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format)
+        save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format,
+                       store=store, layers_prefix=arch_for(loaded.model).layers,
+                       quantized_names=set(result.specs), max_shard_bytes=max_shard_bytes)
+        store.remove()
         summary["write_seconds"] = time.perf_counter() - t0
         summary["out"] = str(out)
-    summary["loaded"] = Loaded(loaded.model, loaded.tokenizer, loaded.source, "quantized", result.tensors, summary)
+    summary["loaded"] = None if lazy is not None else Loaded(
+        loaded.model, loaded.tokenizer, loaded.source, "quantized", result.tensors, summary)
     return summary
 
 

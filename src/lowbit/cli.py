@@ -114,7 +114,9 @@ def quantize(
     nsamples: int = typer.Option(128, help="calibration samples"),
     seqlen: int = typer.Option(512, help="tokens per calibration sample / eval window"),
     seed: int = typer.Option(0),
-    fmt: str = typer.Option("compressed-tensors", "--format", help="output format"),
+    fmt: str = typer.Option("compressed-tensors", "--format", help="output format: compressed-tensors, gptq, awq"),
+    resume: bool = typer.Option(False, help="continue a killed run from its per-layer checkpoints beside OUT"),
+    checkpoint_seconds: float = typer.Option(60.0, help="save calibration activations for --resume at most this often"),
     overwrite: bool = typer.Option(False, help="replace OUT if it exists"),
     allow_pickle: bool = typer.Option(False, help="allow loading pickle (.bin/.pt) weights"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate against the base model after"),
@@ -126,8 +128,6 @@ def quantize(
     from lowbit import api
     from lowbit.spec import QuantSpec
 
-    if fmt != "compressed-tensors":
-        raise LowbitError(f"--format {fmt} is not available yet: use --format compressed-tensors")
     method_args = {"true_sequential": true_sequential, "forward_dtype": forward_dtype}
     if method == "gptq":
         method_args.update(damp_percent=damp_percent, act_order=act_order, static_groups=static_groups)
@@ -136,7 +136,8 @@ def quantize(
     output = output or _default_out(model, spec)
     with _Bars(not as_json) as bars:
         summary = api.quantize(model, spec, output, calib=calib, nsamples=nsamples, seqlen=seqlen,
-                               seed=seed, overwrite=overwrite, allow_pickle=allow_pickle, progress=bars)
+                               seed=seed, overwrite=overwrite, allow_pickle=allow_pickle, progress=bars,
+                               format=fmt, resume=resume, checkpoint_seconds=checkpoint_seconds)
         loaded = summary.pop("loaded")
         if summary["layout_changes"] and not as_json:
             _print_layout_changes(summary["layout_changes"])

@@ -7,21 +7,25 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from lowbit import __version__
 from lowbit.io.formats import detect_format, get_format
 from lowbit.io.atomic import atomic_dir
+from lowbit.io.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter
 
 log = logging.getLogger(__name__)
 META_FILE = "lowbit.json"
 
 
-def _plain_state(model: torch.nn.Module, quantized: set[str]) -> dict[str, torch.Tensor]:
-    """Every tensor except quantized weights, tied duplicates saved once."""
+def _plain_state(model: torch.nn.Module, quantized: set[str], skip_prefix: str | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Every tensor except quantized weights (and those under skip_prefix), tied
+    duplicates saved once."""
     state, seen = {}, {}
     for k, v in model.state_dict().items():
         if k.endswith(".weight") and k[: -len(".weight")] in quantized:
+            continue
+        if skip_prefix and k.startswith(skip_prefix + "."):
             continue
         key = (v.data_ptr(), tuple(v.shape), v.dtype)
         if v.numel() and key in seen:  # tied (lm_head = embed_tokens): the config re-ties it
@@ -31,28 +35,58 @@ def _plain_state(model: torch.nn.Module, quantized: set[str]) -> dict[str, torch
     return state
 
 
+# lowbit.json keeps what the output *is*; run times differ between runs and would break
+# byte-identical outputs, so they are reported, not written
+VOLATILE_META = ("quantize_seconds", "write_seconds", "out", "resumed_from_layer")
+
+
 def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: bool = False,
-                   fmt: str = "compressed-tensors") -> Path:
+                   fmt: str = "compressed-tensors", store=None, layers_prefix: str | None = None,
+                   quantized_names: set[str] | None = None,
+                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """Write OUT atomically in checkpoint format `fmt`: config.json (+ quantization_config),
-    model.safetensors, tokenizer files, and lowbit.json (base model, spec, layout changes)."""
+    safetensors shards, tokenizer files, and lowbit.json (base model, spec, layout changes).
+
+    tensors: codes in memory; with a LayerStore `store`, the decoder layers' codes and
+    tensors are read from it one layer at a time (layers_prefix names the layer list)."""
     dtype = next(model.parameters()).dtype
     writer = get_format(fmt)
-    names = set(tensors)
-    state = _plain_state(model, names)
-    for name, qt in tensors.items():
-        state.update(writer.pack(name, qt, dtype))
+    names = set(quantized_names or ()) | set(tensors)
     ignore = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in names]
     with atomic_dir(out, overwrite) as tmp:
+        shards = ShardWriter(tmp, max_shard_bytes)
+        shards.add(_plain_state(model, names, layers_prefix if store is not None else None))
+        in_store = (lambda n: store is not None and n.startswith(layers_prefix + "."))
+        for name, qt in tensors.items():
+            if not in_store(name):
+                shards.add(writer.pack(name, qt, dtype))
+        all_tensors = dict(tensors)
+        if store is not None:
+            i = 0
+            while store.layer_file(i).is_file():
+                layer_tensors, _, _, plain = store.load_layer(i)
+                shards.add({k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()})
+                for name, qt in layer_tensors.items():
+                    shards.add(writer.pack(name, qt, dtype))
+                all_tensors.update({n: _header_only(qt) for n, qt in layer_tensors.items()})
+                i += 1
+        shards.finish()
         cfg = model.config.to_dict()
-        cfg["quantization_config"] = writer.quantization_config(tensors, ignore)
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg["quantization_config"] = writer.quantization_config(all_tensors, ignore)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp, legacy_format=False)
-        meta = {"lowbit_version": __version__, "format": fmt, **meta}
+        meta = {"lowbit_version": __version__, "format": fmt,
+                **{k: v for k, v in meta.items() if k not in VOLATILE_META}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return Path(out)
+
+
+def _header_only(qt):
+    """The attributes a quantization_config needs, without the codes (keeps memory flat)."""
+    from dataclasses import replace
+    return replace(qt, q=qt.q[:0], scale=qt.scale[:0], zero=qt.zero[:0])
 
 
 def load_quantized(path: Path, dtype=torch.float32):

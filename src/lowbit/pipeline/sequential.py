@@ -37,6 +37,7 @@ class QuantResult:
     specs: dict[str, QuantSpec] = field(default_factory=dict)  # effective spec per module
     layout_changes: dict[str, dict] = field(default_factory=dict)  # name -> {requested, used}
     seconds: float = 0.0
+    stored_layers: int = 0  # decoder layers whose codes live in the LayerStore, not in `tensors`
 
 
 def target_linears(model: torch.nn.Module, spec: QuantSpec) -> dict[str, torch.nn.Linear]:
@@ -104,9 +105,13 @@ def _layout_change(asked: QuantSpec, used: QuantSpec) -> dict:
 @torch.no_grad()
 def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None = None,
                    fit_layout: FitLayout | None = None, progress: Progress | None = None,
-                   batch_size: int = 8) -> QuantResult:
+                   batch_size: int = 8, lazy=None, store=None) -> QuantResult:
     """Quantize `model` in place (weights become their dequantized values) and return the
-    codes of every quantized Linear. calibration: token ids (N, T) for methods that need it."""
+    codes of every quantized Linear. calibration: token ids (N, T) for methods that need it.
+
+    lazy (io.lazy_weights.LazyModel): decoder layers are read from disk when reached and
+    dropped after. store (pipeline.layer_store.LayerStore): each finished layer is saved
+    (codes then leave memory) and a killed run resumes after the newest saved activations."""
     start = time.perf_counter()
     method = get_method(spec.method)
     arch = arch_for(model)
@@ -127,17 +132,27 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
         result.tensors[name], result.specs[name] = qt, mspec
 
+    prefix = arch.layers
+    start_at = 0
+    if store is not None:
+        start_at = _restore(store, model, layers, prefix, result, lazy is None, method.needs_calibration)
     batches = None
-    if method.needs_calibration:
+    if method.needs_calibration and start_at < len(layers):
         if calibration is None:
             raise ValueError(f"method {spec.method!r} needs calibration token ids")
         batches = capture_first_layer_inputs(model, layers, calibration, batch_size)
+        if start_at > 0:  # continue from the saved activations after layer start_at - 1
+            hidden = store.load_acts(start_at - 1)
+            batches = [(h, a, kw) for h, (_, a, kw) in zip(hidden, batches)]
 
-    prefix = arch.layers
     true_sequential = spec.method_args.get("true_sequential", True)
     forward = _forward_context(spec.method_args.get("forward_dtype", "float32"))
     cache = OutputCache(int(spec.method_args.get("cache_bytes", DEFAULT_CACHE_BYTES)))
     for i, layer in enumerate(layers):
+        if i < start_at:
+            continue
+        if lazy is not None:
+            lazy.materialize(layer, f"{prefix}.{i}")
         groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
         if not true_sequential:  # one pass: every Linear sees inputs from the float layer
             groups = [[n for g in groups for n in g]]
@@ -165,13 +180,57 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
             with forward():
                 batches = run_layer(layer, batches, cache)
             cache.clear()
+        if store is not None:
+            _save_layer(store, i, layer, f"{prefix}.{i}", result, batches, last=i == len(layers) - 1,
+                        lazy=lazy is not None)
+        if lazy is not None:
+            lazy.release(layer)
         if progress:
             progress("layers", i + 1, len(layers))
+    if store is not None:
+        store.mark_complete(len(layers))
     # Linears outside the decoder layers (an lm_head the user asked for): weights only
     for name in targets:
-        if name not in result.tensors:
+        if not name.startswith(prefix + ".") and name not in result.tensors:
             quantize_one(name, None)
     result.seconds = time.perf_counter() - start
     if result.layout_changes:
         log.warning("%d layers changed layout to fit the output format", len(result.layout_changes))
     return result
+
+
+def _restore(store, model, layers, prefix: str, result: QuantResult, in_memory: bool,
+             needs_acts: bool) -> int:
+    """Take back the layers a killed run finished; returns the first layer to compute."""
+    done = store.resume_point(needs_acts)
+    for j in range(done + 1):
+        tensors, specs, changes, plain = store.load_layer(j)
+        result.specs.update(specs)
+        result.layout_changes.update(changes)
+        if in_memory:  # the returned model holds dequantized weights, as if computed now
+            layer = layers[j]
+            for name, qt in tensors.items():
+                rel = name[len(f"{prefix}.{j}."):]
+                w = layer.get_submodule(rel).weight
+                w.data.copy_(qt.dequantize().to(w.dtype))
+            layer.load_state_dict({k[len(f"{prefix}.{j}."):]: v for k, v in plain.items()}, strict=False)
+    result.stored_layers = done + 1
+    if done >= 0:
+        log.warning("resuming after layer %d from %s", done, store.dir)
+    return done + 1
+
+
+def _save_layer(store, i: int, layer, layer_name: str, result: QuantResult, batches, last: bool,
+                lazy: bool) -> None:
+    """Layer i's codes and other tensors to disk (with a lazy model its codes then leave memory)."""
+    mine = {n: qt for n, qt in result.tensors.items() if n.startswith(layer_name + ".")}
+    quantized_weights = {n[len(layer_name) + 1:] + ".weight" for n in mine}
+    plain = {f"{layer_name}.{k}": v.detach().clone() for k, v in layer.state_dict().items()
+             if k not in quantized_weights}
+    store.save_layer(i, mine, result.specs, result.layout_changes, plain)
+    if lazy:  # codes of a model too big for memory live on disk only
+        for n in mine:
+            del result.tensors[n]
+    result.stored_layers = i + 1
+    if batches is not None and not last:
+        store.maybe_save_acts(i, [b[0] for b in batches])

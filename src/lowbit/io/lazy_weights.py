@@ -1,0 +1,150 @@
+"""A model whose decoder layers stay on disk until the walk reaches them.
+
+The skeleton is built on the meta device (no memory); tensors outside the decoder layers
+(embeddings, final norm, lm_head) are read at once; each decoder layer is read from its
+safetensors shard when the walk needs it and dropped after. Peak memory is then those
+outer tensors plus one layer, not the whole model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from lowbit.errors import LowbitError
+
+log = logging.getLogger(__name__)
+
+
+class SafetensorsWeights:
+    """Tensor name -> shard file of a model directory, read one tensor at a time."""
+
+    def __init__(self, model_dir: Path):
+        self.dir = Path(model_dir)
+        self.files: dict[str, Path] = {}
+        index = self.dir / "model.safetensors.index.json"
+        if index.is_file():
+            for key, fname in json.loads(index.read_text())["weight_map"].items():
+                self.files[key] = self.dir / fname
+        else:
+            for f in sorted(self.dir.glob("*.safetensors")):
+                with safe_open(str(f), framework="pt") as fh:
+                    for key in fh.keys():
+                        self.files[key] = f
+        self._prefixes = ("",)
+
+    def resolve(self, key: str, base_prefix: str) -> str | None:
+        """The stored name of model key `key` (some checkpoints omit the base prefix,
+        e.g. OPT's "decoder.layers..." for "model.decoder.layers...")."""
+        if key in self.files:
+            return key
+        if base_prefix and key.startswith(base_prefix + "."):
+            short = key[len(base_prefix) + 1:]
+            if short in self.files:
+                return short
+        return None
+
+    def get(self, stored: str) -> torch.Tensor:
+        with safe_open(str(self.files[stored]), framework="pt") as fh:
+            return fh.get_tensor(stored)
+
+
+def _assign(module: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if attr in owner._parameters:
+        owner._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+    else:
+        owner._buffers[attr] = tensor
+
+
+class LazyModel:
+    """A causal LM skeleton plus the on-disk weights of its decoder layers."""
+
+    def __init__(self, model_dir: Path, config, dtype=torch.float32):
+        from transformers import AutoModelForCausalLM
+
+        self.weights = SafetensorsWeights(model_dir)
+        self.dtype = dtype
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        self.base_prefix = getattr(self.model, "base_model_prefix", "")
+        self.model.eval()
+
+    def _load_keys(self, module: torch.nn.Module, prefix: str, keys) -> None:
+        for key in keys:
+            full = f"{prefix}.{key}" if prefix else key
+            stored = self.weights.resolve(full, self.base_prefix)
+            if stored is None:
+                continue
+            t = self.weights.get(stored)
+            if t.is_floating_point():
+                t = t.to(self.dtype)
+                if not torch.isfinite(t).all():
+                    raise LowbitError(f"weight {full} contains NaN or Inf: the checkpoint is damaged, "
+                                      "re-export or re-download it")
+            _assign(module, key, t)
+
+    def load_outside(self, layers_prefix: str) -> None:
+        """Everything but the decoder layers; ties lm_head; recomputes rotary buffers."""
+        from lowbit.io.checkpoint import _init_buffers
+
+        keys = [k for k in self.model.state_dict() if not k.startswith(layers_prefix + ".")]
+        self._load_keys(self.model, "", keys)
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()
+        still_meta = [k for k, v in self.model.state_dict().items()
+                      if v.is_meta and not k.startswith(layers_prefix + ".")]
+        if still_meta:
+            raise LowbitError(f"{self.weights.dir}: weights missing from the checkpoint: {still_meta[:3]} "
+                              "(check that every shard is present)")
+        for name, buf in self.model.named_buffers():
+            if buf.is_meta:
+                _assign(self.model, name, torch.zeros(buf.shape, dtype=buf.dtype))
+        _init_buffers(self.model)
+
+    def materialize(self, layer: torch.nn.Module, prefix: str) -> None:
+        """Read one decoder layer's tensors from disk."""
+        self._load_keys(layer, prefix, list(layer.state_dict()))
+        missing = [k for k, v in layer.state_dict().items() if v.is_meta]
+        if missing:
+            raise LowbitError(f"{self.weights.dir}: weights missing from the checkpoint: "
+                              f"{prefix}.{missing[0]} (check that every shard is present)")
+
+    @staticmethod
+    def release(layer: torch.nn.Module) -> None:
+        """Drop a layer's tensors (back to meta) once it is written."""
+        for name, t in list(layer.state_dict(keep_vars=True).items()):
+            _assign(layer, name, torch.empty(t.shape, dtype=t.dtype, device="meta"))
+
+
+def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.float32):
+    """(Loaded, LazyModel) for a plain safetensors model directory (or the default model);
+    anything else (GGUF, quantized dir, hub id, pickle) is loaded whole: (Loaded, None)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from lowbit.arch import arch_for
+    from lowbit.io.default_model import default_model_dir
+    from lowbit.io.load import Loaded, _is_quantized_dir, _read_config, fix_config, load_model
+
+    path = default_model_dir() if name in (None, "", "default") else Path(name).expanduser()
+    if not (path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))):
+        return load_model(name, allow_pickle, dtype), None
+    raw = _read_config(path)
+    if _is_quantized_dir(raw):
+        return load_model(name, allow_pickle, dtype), None
+    try:
+        config = fix_config(AutoConfig.from_pretrained(str(path)), raw)
+        lazy = LazyModel(path, config, dtype)
+        arch = arch_for(lazy.model)
+    except LowbitError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LowbitError(f"cannot load {path}: {first[:300]} (check that the files are complete)") from None
+    lazy.load_outside(arch.layers)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return Loaded(lazy.model, tokenizer, str(path.resolve()), "hf"), lazy

@@ -1,0 +1,141 @@
+"""Per-layer results on disk, so a run can be killed at any layer and resumed.
+
+work dir (beside OUT, never inside it):
+  run.json                 what the run is (model, spec, calibration): resume refuses another run
+  layer-00007.safetensors  codes and grids of layer 7's quantized Linears, and the layer's
+                           other tensors (norms, biases) as they are after quantizing
+  acts-00007.safetensors   the calibration activations after layer 7 (only the newest kept)
+Every file is written under a temporary name and renamed, so a file that exists is whole.
+Resuming restarts after the newest activations; the layers after them are recomputed,
+deterministically, so the output is byte-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lowbit.errors import LowbitError
+from lowbit.formats import QuantizedTensor
+
+log = logging.getLogger(__name__)
+_QT_FIELDS = ("q", "scale", "zero", "g_idx")
+
+
+def work_dir_for(out: Path) -> Path:
+    return out.parent / f".{out.name}.lowbit-partial"
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+class LayerStore:
+    def __init__(self, work_dir: Path, run: dict, resume: bool, acts_every_seconds: float = 60.0):
+        self.dir = Path(work_dir)
+        self.acts_every = acts_every_seconds
+        self._last_acts = time.monotonic()
+        run_file = self.dir / "run.json"
+        run_text = json.dumps(run, indent=2, sort_keys=True) + "\n"
+        if resume and self.dir.is_dir() and run_file.is_file():
+            if run_file.read_text() != run_text:
+                raise LowbitError(f"the partial run in {self.dir} was for another model, spec or calibration: "
+                                  "drop --resume to start over, or rerun with the same arguments")
+        else:
+            if self.dir.exists():
+                if not resume:
+                    log.warning("discarding the partial run in %s (pass --resume to continue it)", self.dir)
+                shutil.rmtree(self.dir)
+            self.dir.mkdir(parents=True)
+            run_file.write_text(run_text)
+
+    # --- what is done -----------------------------------------------------------------
+    def resume_point(self, needs_acts: bool = True) -> int:
+        """Index of the newest layer the run can continue after (-1: start from layer 0):
+        with calibration, the newest saved activations; without, the newest layer file."""
+        complete = self.dir / "complete"
+        if complete.is_file():
+            return int(complete.read_text()) - 1
+        if not needs_acts:
+            i = 0
+            while self.layer_file(i).is_file():
+                i += 1
+            return i - 1
+        found = [int(m.group(1)) for p in self.dir.glob("acts-*.safetensors")
+                 if (m := re.fullmatch(r"acts-(\d+)\.safetensors", p.name))]
+        newest = max(found, default=-1)
+        if newest >= 0 and not all(self.layer_file(i).is_file() for i in range(newest + 1)):
+            return -1
+        return newest
+
+    def layer_file(self, i: int) -> Path:
+        return self.dir / f"layer-{i:05d}.safetensors"
+
+    # --- writing ------------------------------------------------------------------------
+    def save_layer(self, i: int, tensors: dict[str, QuantizedTensor], specs: dict, changes: dict,
+                   plain: dict[str, torch.Tensor]) -> None:
+        flat, info = {}, {}
+        for name, qt in tensors.items():
+            for f in _QT_FIELDS:
+                flat[f"{name}:{f}"] = getattr(qt, f)
+            info[name] = {"bits": qt.bits, "group_size": qt.group_size, "symmetric": qt.symmetric,
+                          "act_order": qt.act_order, "spec": specs[name].to_dict(),
+                          "change": changes.get(name)}
+        for k, v in plain.items():
+            flat[f"plain:{k}"] = v
+        _save_atomic(flat, self.layer_file(i), {"modules": json.dumps(info, sort_keys=True)})
+
+    def maybe_save_acts(self, i: int, hidden: list[torch.Tensor], force: bool = False) -> None:
+        """Activations after layer i, at most every acts_every seconds (they are large)."""
+        if not force and time.monotonic() - self._last_acts < self.acts_every:
+            return
+        _save_atomic({f"b{b}": h for b, h in enumerate(hidden)}, self.dir / f"acts-{i:05d}.safetensors", {})
+        for p in self.dir.glob("acts-*.safetensors"):
+            if p.name != f"acts-{i:05d}.safetensors":
+                p.unlink()
+        self._last_acts = time.monotonic()
+
+    def mark_complete(self, n_layers: int) -> None:
+        """Every layer is saved: a resume goes straight to writing the output."""
+        (self.dir / "complete.tmp").write_text(str(n_layers))
+        os.replace(self.dir / "complete.tmp", self.dir / "complete")
+        for p in self.dir.glob("acts-*.safetensors"):
+            p.unlink()
+
+    # --- reading ------------------------------------------------------------------------
+    def load_acts(self, i: int) -> list[torch.Tensor]:
+        path = self.dir / f"acts-{i:05d}.safetensors"
+        with safe_open(str(path), framework="pt") as fh:
+            return [fh.get_tensor(f"b{b}") for b in range(len(list(fh.keys())))]
+
+    def load_layer(self, i: int):
+        """(codes by module, spec dicts by module, layout changes, plain tensors) of layer i."""
+        from lowbit.spec import QuantSpec
+
+        path = self.layer_file(i)
+        with safe_open(str(path), framework="pt") as fh:
+            info = json.loads(fh.metadata()["modules"])
+            raw = {k: fh.get_tensor(k) for k in fh.keys()}
+        tensors, specs, changes = {}, {}, {}
+        for name, meta in info.items():
+            parts = {f: raw[f"{name}:{f}"] for f in _QT_FIELDS}
+            tensors[name] = QuantizedTensor(**parts, bits=meta["bits"], group_size=meta["group_size"],
+                                            symmetric=meta["symmetric"], act_order=meta["act_order"])
+            specs[name] = QuantSpec.from_dict(meta["spec"])
+            if meta["change"]:
+                changes[name] = meta["change"]
+        plain = {k[len("plain:"):]: v for k, v in raw.items() if k.startswith("plain:")}
+        return tensors, specs, changes, plain
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

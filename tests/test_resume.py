@@ -1,0 +1,144 @@
+"""Layer-by-layer loading and resumable runs: a model read one layer at a time gives the
+same bytes as one held in memory; a run killed with SIGKILL leaves no OUT, and --resume
+finishes it with output byte-identical to an uninterrupted run."""
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+import lowbit
+from lowbit.errors import LowbitError
+from lowbit.io.load import load_model
+from lowbit.io.shards import ShardWriter
+from lowbit.pipeline.layer_store import work_dir_for
+from tiny import VOCAB, tiny_config, tiny_model
+
+PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
+         "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 80
+GPTQ = "gptq-w4g32"
+
+
+def _same_tree(a: Path, b: Path) -> None:
+    names_a = sorted(p.name for p in a.iterdir())
+    assert names_a == sorted(p.name for p in b.iterdir())
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names_a, shallow=False)
+    assert not mismatch and not errors, (mismatch, errors)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("text") / "prose.txt"
+    f.write_text(PROSE)
+    return f
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
+def test_layer_by_layer_equals_in_memory(family, tmp_path, default_tokenizer, text_file):
+    src = tmp_path / "src"
+    tiny_model(family, vocab=VOCAB).save_pretrained(src)
+    default_tokenizer.save_pretrained(src)
+    kw = dict(calib=text_file, nsamples=8, seqlen=64)
+    lazy = lowbit.quantize(str(src), GPTQ, tmp_path / "lazy", **kw)
+    assert lazy["loaded"] is None  # read layer by layer, never whole
+    eager = lowbit.quantize(load_model(str(src)), GPTQ, tmp_path / "eager", **kw)
+    assert eager["loaded"] is not None
+    assert (tmp_path / "lazy" / "model.safetensors").read_bytes() == \
+        (tmp_path / "eager" / "model.safetensors").read_bytes()
+    assert not work_dir_for(tmp_path / "lazy").exists()  # checkpoints removed after writing
+
+
+def test_same_inputs_same_bytes(tmp_path, default_tokenizer, text_file):
+    src = tmp_path / "src"
+    tiny_model("llama", vocab=VOCAB).save_pretrained(src)
+    default_tokenizer.save_pretrained(src)
+    for name in ("a", "b"):
+        lowbit.quantize(str(src), GPTQ, tmp_path / name, calib=text_file, nsamples=8, seqlen=64)
+    _same_tree(tmp_path / "a", tmp_path / "b")
+
+
+def test_shards_split_and_load(tmp_path, default_tokenizer, text_file):
+    src = tmp_path / "src"
+    tiny_model("qwen2", vocab=VOCAB).save_pretrained(src)
+    default_tokenizer.save_pretrained(src)
+    one = lowbit.quantize(str(src), "w4g32", tmp_path / "one")
+    lowbit.quantize(str(src), "w4g32", tmp_path / "many", max_shard_bytes=2_000_000)
+    shards = sorted(p.name for p in (tmp_path / "many").glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    a, b = load_model(str(tmp_path / "one")), load_model(str(tmp_path / "many"))
+    ids = torch.randint(0, VOCAB, (1, 16))
+    assert torch.equal(a.model(ids).logits, b.model(ids).logits)
+    assert one["quantized_modules"] == len(b.quantized) == 14
+
+
+def test_shard_writer_refuses_duplicates(tmp_path):
+    w = ShardWriter(tmp_path)
+    w.add({"a": torch.zeros(2)})
+    with pytest.raises(ValueError):
+        w.add({"a": torch.zeros(2)})
+
+
+def _kill_model(path: Path, tokenizer) -> None:
+    """Eight layers wide enough that each takes a moment, so a kill lands mid-run."""
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _cli(src, out, text_file, *extra):
+    return [sys.executable, "-m", "lowbit.cli", "quantize", str(src), "-o", str(out), "--method", "gptq",
+            "--group-size", "64", "--calib", str(text_file), "--nsamples", "32", "--seqlen", "128",
+            "--no-eval", "--checkpoint-seconds", "0", *extra]
+
+
+def test_sigkill_then_resume_is_byte_identical(tmp_path, default_tokenizer, text_file):
+    src = tmp_path / "src"
+    _kill_model(src, default_tokenizer)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    subprocess.run(_cli(src, tmp_path / "ref", text_file), check=True, env=env, capture_output=True)
+
+    out = tmp_path / "out"
+    work = work_dir_for(out)
+    proc = subprocess.Popen(_cli(src, out, text_file), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (work / "layer-00002.safetensors").exists():
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # nothing half-written
+    assert not (work / "complete").exists(), "the run finished before the kill: make the model slower"
+    done = sorted(p.name for p in work.glob("layer-*.safetensors"))
+
+    resumed = subprocess.run(_cli(src, out, text_file, "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after layer" in resumed.stderr, (done, resumed.stderr[-2000:])
+    _same_tree(out, tmp_path / "ref")
+    assert not work.exists()
+
+
+def test_resume_refuses_another_run(tmp_path, default_tokenizer, text_file):
+    src = tmp_path / "src"
+    tiny_model("llama", vocab=VOCAB).save_pretrained(src)
+    default_tokenizer.save_pretrained(src)
+    work = work_dir_for(tmp_path / "out")
+    work.mkdir()
+    (work / "run.json").write_text('{"model": "something else"}\n')
+    with pytest.raises(LowbitError, match="another model"):
+        lowbit.quantize(str(src), "w4g32", tmp_path / "out", resume=True)
+    assert not (tmp_path / "out").exists()
