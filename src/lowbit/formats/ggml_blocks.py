@@ -1,16 +1,169 @@
 """GGML block quantizers (the bytes inside a GGUF tensor), ours, faithful to llama.cpp.
 
-quantize(W, qtype, importance=None) -> uint8 (rows, bytes_per_row)
+  quantize(W, qtype, importance=None) -> uint8 (rows, cols // block * type_size)
 
-STUB: legacy types delegate to gguf-py for now; k-quants are being written.
+Types: F32 F16 BF16, Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 (ggml_legacy), Q2_K..Q6_K (ggml_kquants).
+Without importance the bytes are llama.cpp's quantize_row_*_ref; with an importance vector
+(cols,), llama.cpp imatrix semantics (mean squared activation per input column), they are
+its importance-weighted quantize_* paths. Reference: ggml-org/ggml d99724f (llama.cpp's
+ggml-quants.c as of 2026-08); tests/test_ggml_blocks.py checks bytes against fixtures that
+bench/ggml_reference/ generated from that C code.
+
+Grid interface, for methods that choose codes themselves (GPTQ on a k-quant grid):
+  fit_grid(W, qtype, importance=None) -> BlockGrid   the grid quantize() would choose for W
+  round_to_grid(grid, W) -> codes                     plain nearest rounding on that fixed grid
+  encode(grid, codes) -> uint8 blocks                 the exact block bytes for those codes
+with dequantize(encode(grid, q)) == grid.scale * q - grid.offset bit for bit.
+quantize() itself may pick codes that are not nearest on its final grid (llama.cpp rounds with
+the unquantized sub-scale first and keeps those codes where the stored sub-scale is zero).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from gguf import GGMLQuantizationType
-from gguf import quants as gq
+from gguf import GGMLQuantizationType as T
+
+from lowbit.formats.ggml_kquants import CODECS as _K
+from lowbit.formats.ggml_legacy import CODECS as _LEGACY
+from lowbit.formats.ggml_search import BlockCodec
+
+CODECS: dict[T, BlockCodec] = {T[name]: codec for name, codec in {**_LEGACY, **_K}.items()}
+FLOAT_TYPES = (T.F32, T.F16, T.BF16)
+SUPPORTED = FLOAT_TYPES + tuple(CODECS)
+_ROWS_PER_CHUNK_ELEMS = 1 << 16   # weights per chunk: keeps the search's arrays in L2
 
 
-def quantize(W: np.ndarray, qtype: GGMLQuantizationType, importance: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class BlockGrid:
+    """The per-weight affine grid of one quantized matrix: value = scale * q - offset with
+    integer q in 0..qmax. Symmetric types have offset = scale * zero (Q8_0 zero 128, Q4_0 8,
+    Q5_0 16, Q3_K 4, Q6_K 32). header holds each block's bytes other than its codes."""
+    qtype: T
+    scale: np.ndarray     # (rows, cols) float32
+    offset: np.ndarray    # (rows, cols) float32
+    qmax: int
+    header: np.ndarray    # (rows, cols // block, type_size) uint8, code bits zero
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return self.scale * np.asarray(q, dtype=np.float32) - self.offset
+
+
+def block_size(qtype: T) -> int:
+    return 1 if qtype in FLOAT_TYPES else CODECS[_check_type(qtype)].block
+
+
+def _check_type(qtype) -> T:
+    qtype = T(qtype)
+    if qtype not in SUPPORTED:   # NotImplementedError, as gguf-py says it
+        raise NotImplementedError(f"GGML type {qtype.name} is not supported; use one of "
+                         + " ".join(t.name for t in SUPPORTED))
+    return qtype
+
+
+def _check(W: np.ndarray, qtype, importance):
+    qtype = _check_type(qtype)
+    W = np.asarray(W)
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (rows, cols), got shape {W.shape}")
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    rows, cols = W.shape
+    size = block_size(qtype)
+    if cols % size:
+        raise ValueError(f"{qtype.name} needs rows of a multiple of {size} weights, got {cols} "
+                         "(llama.cpp falls back to another type for such tensors)")
+    if not np.isfinite(W).all():
+        raise ValueError("W has NaN or infinite values")
+    if importance is not None and qtype in CODECS and qtype != T.Q8_0:
+        importance = np.ascontiguousarray(importance, dtype=np.float32)
+        if importance.shape != (cols,):
+            raise ValueError(f"importance must have shape ({cols},), got {importance.shape}")
+        if not (np.isfinite(importance).all() and (importance >= 0).all()):
+            raise ValueError("importance must be finite and non-negative")
+    else:
+        importance = None   # float types and Q8_0 have no importance-weighted variant
+    return W, qtype, importance
+
+
+def _chunks(rows: int, cols: int):
+    step = max(1, _ROWS_PER_CHUNK_ELEMS // cols)
+    for r in range(0, rows, step):
+        yield slice(r, min(rows, r + step))
+
+
+def _choose(W, codec: BlockCodec, importance):
+    """header (rows, nb, type_size), codes (rows, nb, block), chunk by chunk of rows."""
+    rows, cols = W.shape
+    nb = cols // codec.block
+    header = np.empty((rows, nb, codec.type_size), np.uint8)
+    codes = np.empty((rows, nb, codec.block), np.uint8)
+    for rs in _chunks(rows, cols):
+        h, c = codec.choose(W[rs], importance)
+        header[rs] = h.reshape(-1, nb, codec.type_size)
+        codes[rs] = c.reshape(-1, nb, codec.block)
+    return header, codes
+
+
+def _float_bytes(W: np.ndarray, qtype: T) -> np.ndarray:
+    if qtype == T.F32:
+        return W.view(np.uint8)
+    if qtype == T.F16:
+        return W.astype(np.float16).view(np.uint8)
+    # BF16 as ggml_compute_fp32_to_bf16: round to nearest even (NaN was refused)
+    n = W.view(np.uint32).astype(np.uint64)
+    n = (n + (0x7FFF + ((n >> 16) & 1))) >> 16
+    return n.astype(np.uint16).view(np.uint8)
+
+
+def _assemble(codec: BlockCodec, header: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    rows, nb = header.shape[:2]
+    packed = codec.pack_codes(codes.reshape(-1, codec.block)).reshape(header.shape)
+    return (header | packed).reshape(rows, nb * codec.type_size)
+
+
+def quantize(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> np.ndarray:
     """W float32 (rows, cols) -> packed blocks uint8 (rows, cols // block * type_size)."""
-    return gq.quantize(np.ascontiguousarray(W, dtype=np.float32), qtype)
+    W, qtype, importance = _check(W, qtype, importance)
+    if qtype in FLOAT_TYPES:
+        return _float_bytes(W, qtype)
+    codec = CODECS[qtype]
+    return _assemble(codec, *_choose(W, codec, importance))
+
+
+def fit_grid(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> BlockGrid:
+    """The grid quantize(W, qtype, importance) chooses: per weight its stored (already quantized)
+    scale and offset. W is (rows, cols) with cols a multiple of the block (one block: 32 or 256);
+    the Q4_0..Q5_1 importance weights depend on the whole row, as in quantize()."""
+    W, qtype, importance = _check(W, qtype, importance)
+    if qtype in FLOAT_TYPES:
+        raise ValueError(f"{qtype.name} is a float type: it has no affine grid")
+    codec = CODECS[qtype]
+    header, _ = _choose(W, codec, importance)
+    scale, offset = codec.affine(header.reshape(-1, codec.type_size))
+    rows, cols = W.shape
+    return BlockGrid(qtype, scale.reshape(rows, cols), offset.reshape(rows, cols), codec.qmax, header)
+
+
+def round_to_grid(grid: BlockGrid, W: np.ndarray) -> np.ndarray:
+    """Nearest code on the fixed grid, clamped to 0..qmax; uint8 (rows, cols). Where a
+    sub-block's scale is zero every code gives the same value, and 0 is returned."""
+    W = np.asarray(W, dtype=np.float64)
+    if W.shape != grid.scale.shape:
+        raise ValueError(f"W has shape {W.shape}, the grid {grid.scale.shape}")
+    scale = grid.scale.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.rint((W + grid.offset) / scale)
+    q = np.where(scale != 0, q, 0)
+    return np.clip(q, 0, grid.qmax).astype(np.uint8)
+
+
+def encode(grid: BlockGrid, q: np.ndarray) -> np.ndarray:
+    """The block bytes (rows, cols // block * type_size) for integer codes q on grid."""
+    q = np.asarray(q)
+    if q.shape != grid.scale.shape:
+        raise ValueError(f"codes have shape {q.shape}, the grid {grid.scale.shape}")
+    if q.min(initial=0) < 0 or q.max(initial=0) > grid.qmax:
+        raise ValueError(f"codes must be integers in 0..{grid.qmax}")
+    codec = CODECS[grid.qtype]
+    rows, nb = grid.header.shape[:2]
+    return _assemble(codec, grid.header, q.astype(np.uint8).reshape(rows, nb, codec.block))
