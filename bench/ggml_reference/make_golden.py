@@ -45,6 +45,7 @@ def _structured(rng):
         lambda: rng.standard_normal(32) * 1e-17,            # below llama.cpp's all-zero threshold
         lambda: rng.standard_normal(32) * 1e-6,             # fp16-subnormal scales
         lambda: rng.standard_normal(32) * 3e4,              # near fp16's range
+        lambda: rng.standard_normal(32) * 3e6,              # super-scales overflow fp16 to inf
         lambda: np.tile([1.0, -1.0], 16) * 0.5,
         lambda: np.linspace(-1, 2, 32),
         lambda: np.where(np.arange(32) == 5, 50.0, rng.standard_normal(32) * 1e-3),  # one outlier

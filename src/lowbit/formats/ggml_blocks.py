@@ -31,7 +31,7 @@ from lowbit.formats.ggml_search import BlockCodec
 CODECS: dict[T, BlockCodec] = {T[name]: codec for name, codec in {**_LEGACY, **_K}.items()}
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 SUPPORTED = FLOAT_TYPES + tuple(CODECS)
-_ROWS_PER_CHUNK_ELEMS = 1 << 16   # weights per chunk: keeps the search's arrays in L2
+_ROWS_PER_CHUNK_ELEMS = 1 << 17   # weights per chunk: arrays stay in cache, numpy calls stay few
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ def _choose(W, codec: BlockCodec, importance):
     header = np.empty((rows, nb, codec.type_size), np.uint8)
     codes = np.empty((rows, nb, codec.block), np.uint8)
     for rs in _chunks(rows, cols):
-        h, c = codec.choose(W[rs], importance)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # as C: inf, NaN
+            h, c = codec.choose(W[rs], importance)
         header[rs] = h.reshape(-1, nb, codec.type_size)
         codes[rs] = c.reshape(-1, nb, codec.block)
     return header, codes
@@ -139,7 +140,8 @@ def fit_grid(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> B
         raise ValueError(f"{qtype.name} is a float type: it has no affine grid")
     codec = CODECS[qtype]
     header, _ = _choose(W, codec, importance)
-    scale, offset = codec.affine(header.reshape(-1, codec.type_size))
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale, offset = codec.affine(header.reshape(-1, codec.type_size))
     rows, cols = W.shape
     return BlockGrid(qtype, scale.reshape(rows, cols), offset.reshape(rows, cols), codec.qmax, header)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from lowbit.formats.ggml_search import (
     F, BlockCodec, affine_search, fp16_bits, nearest_int, q3_search, scale_search,
-    seqsum, signed_absmax, symmetric_search,
+    seqsum, signed_absmax, symmetric_search, wrap_u8,
 )
 
 QK_K = 256
@@ -59,7 +59,8 @@ def _requantize(x, L, d, m, lo, hi):
     d is zero keep the codes they had. x, L element-major; d, m (B,)."""
     live = d != 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.rint((x + m) / d) if m is not None else np.rint(x / d)
+        # nearest_int's own result for inf/NaN too (an fp16 super-scale can overflow)
+        q = nearest_int((x + m) / d) if m is not None else nearest_int(x / d)
     np.clip(q, lo, hi, out=q)
     return np.where(live, q, L)
 
@@ -83,11 +84,6 @@ def _unpack_scales_6bit(q: np.ndarray):
     return sc.astype(F), m.astype(F)
 
 
-def _to_u8(v: np.ndarray) -> np.ndarray:
-    """An int stored into a C uint8_t."""
-    return np.mod(v, F(256))
-
-
 def _choose_4k5k(xs, qw, nmax):
     S = len(xs)
     x = _sub(xs, 32)
@@ -102,8 +98,8 @@ def _choose_4k5k(xs, qw, nmax):
         with np.errstate(divide="ignore"):
             inv_s = np.where(max_scale > 0, F(63) / max_scale, F(0))
             inv_m = np.where(max_min > 0, F(63) / max_min, F(0))
-        ls = np.minimum(_to_u8(np.rint(inv_s[:, None] * scales)), F(63))
-        lm = np.minimum(_to_u8(np.rint(inv_m[:, None] * mins)), F(63))
+        ls = np.minimum(wrap_u8(np.rint(inv_s[:, None] * scales)), F(63))
+        lm = np.minimum(wrap_u8(np.rint(inv_m[:, None] * mins)), F(63))
         d, dmin = max_scale / F(63), max_min / F(63)
     else:
         w = _importance_weights(xs, qw, 32, 2)

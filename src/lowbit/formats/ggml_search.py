@@ -51,7 +51,7 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
 
 def wrap_u8(v: np.ndarray) -> np.ndarray:
     """An int stored into a C uint8_t (codes are uint8 in make_qp_quants)."""
-    return np.mod(v, F(256))
+    return v if v.min(initial=0) >= 0 else np.mod(v, F(256))
 
 
 def _first_zero(x: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -257,10 +257,10 @@ def scale_search(x: np.ndarray, nmax: int, w: np.ndarray):
             best = np.where(better, mse, best)
             iscale = np.where(better, isc, iscale)
         l = np.minimum(nearest_int(iscale * x), F(nmax))
-        L = wrap_u8(l)
         wx = w * x
         sumlx = seqsum(wx * l)
         suml2 = seqsum(w * l * l)
+        L = wrap_u8(l)            # may be l itself; l is not used again
         for _ in range(5):
             for i in range(x.shape[0]):
                 Li = L[i]
