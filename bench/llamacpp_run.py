@@ -1,0 +1,104 @@
+"""Run llama.cpp (llama-cpp-python) on GGUF files; executed by the peer venv's python, never
+imported by lowbit. One JSON request on stdin, one JSON answer on stdout.
+
+  {"op": "logits", "model": PATH, "windows": [[ids...], ...], "out": NPY_PREFIX}
+      -> per window, float32 logits (tokens, vocab) saved as NPY_PREFIX.<i>.npy
+  {"op": "eval", "model": PATH, "windows": [[ids...]], "ref": NPY_PREFIX or null, "out": NPY_PREFIX or null}
+      -> {"nll": sum, "tokens": n, "kld": sum or null}; with "out" the log-probs are saved
+  {"op": "chat", "model": PATH, "messages": [...], "max_tokens": N} -> {"text": ...}
+  {"op": "quantize", "src": PATH, "dst": PATH, "ftype": "Q4_K_M"} -> {"seconds": s}
+  {"op": "plan", "src": PATH, "ftype": "Q4_K_M"} -> {tensor: type} llama.cpp's quantizer would convert
+      (a dry run; tensors it copies unchanged are left out)
+"""
+import ctypes
+import json
+import re
+import sys
+import time
+
+import numpy as np
+import llama_cpp
+
+
+def _llm(path, n_ctx, logits_all=True):
+    return llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
+                           n_threads=2, n_threads_batch=2, verbose=False, seed=0)
+
+
+def _window_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def _log_softmax(x):
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def op_logits(req):
+    llm = _llm(req["model"], max(len(w) for w in req["windows"]))
+    for i, ids in enumerate(req["windows"]):
+        np.save(f"{req['out']}.{i}.npy", _window_logits(llm, ids))
+    return {"windows": len(req["windows"])}
+
+
+def op_eval(req):
+    llm = _llm(req["model"], max(len(w) for w in req["windows"]))
+    nll, n, kld = 0.0, 0, 0.0
+    t0 = time.time()
+    for i, ids in enumerate(req["windows"]):
+        logp = _log_softmax(_window_logits(llm, ids))[:-1]  # position t predicts token t+1
+        nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+        n += len(ids) - 1
+        if req.get("out"):
+            np.save(f"{req['out']}.{i}.npy", logp.astype(np.float32))
+        if req.get("ref"):
+            ref = np.load(f"{req['ref']}.{i}.npy").astype(np.float64)
+            kld += float((np.exp(ref) * (ref - logp)).sum())
+    return {"nll": nll, "tokens": n, "kld": kld if req.get("ref") else None, "seconds": time.time() - t0}
+
+
+def op_chat(req):
+    llm = _llm(req["model"], 512, logits_all=False)
+    r = llm.create_chat_completion(messages=req["messages"], max_tokens=req.get("max_tokens", 16),
+                                   temperature=0.0, seed=0)
+    return {"text": r["choices"][0]["message"]["content"]}
+
+
+def op_quantize(req):
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{req['ftype']}")
+    params.nthread = 2
+    t0 = time.time()
+    rc = llama_cpp.llama_model_quantize(req["src"].encode(), req["dst"].encode(), ctypes.byref(params))
+    if rc != 0:
+        raise SystemExit(f"llama_model_quantize returned {rc}")
+    return {"seconds": time.time() - t0}
+
+
+def op_plan(req):
+    lines = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{req['ftype']}")
+    params.dry_run = True
+    rc = llama_cpp.llama_model_quantize(req["src"].encode(), b"/dev/null", ctypes.byref(params))
+    if rc != 0:
+        raise SystemExit(f"llama_model_quantize (dry run) returned {rc}")
+    # lines like "[  7/ 272] blk.0.attn_v.weight - [...], type = f16, size = 0.21 MiB -> 0.11 MiB (q8_0)"
+    pat = re.compile(r"\]\s+(\S+)\s+- \[.*MiB ->.*MiB \((\w+)\)")
+    return dict(m.groups() for m in map(pat.search, "".join(lines).splitlines()) if m)
+
+
+if __name__ == "__main__":
+    req = json.load(sys.stdin)
+    ans = {"logits": op_logits, "eval": op_eval, "chat": op_chat, "quantize": op_quantize,
+           "plan": op_plan}[req["op"]](req)
+    json.dump(ans, sys.stdout)

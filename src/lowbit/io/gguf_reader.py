@@ -1,0 +1,217 @@
+"""Read a GGUF file (any tensor type gguf-py dequantizes: F32/F16/BF16, legacy, k-quants,
+i-quants) into a float HF model and its tokenizer.
+
+The header is walked once with bounds checks before gguf-py maps the file, so a damaged
+or hostile file fails with one line instead of a huge allocation or a numpy error.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType as V
+
+from lowbit.errors import LowbitError
+from lowbit.io.gguf_names import gguf_names, qk_heads, unpermute_qk
+
+log = logging.getLogger(__name__)
+_SCALAR = {int(k): n for k, n in {V.UINT8: 1, V.INT8: 1, V.UINT16: 2, V.INT16: 2, V.UINT32: 4, V.INT32: 4,
+                                  V.FLOAT32: 4, V.BOOL: 1, V.UINT64: 8, V.INT64: 8, V.FLOAT64: 8}.items()}
+_MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # GGUF arch -> HF model_type
+
+
+class _Bad(Exception):
+    pass
+
+
+def check_header(path: Path) -> None:
+    """Walk magic, key/values and tensor infos; every count and size must fit in the file."""
+    path = Path(path)
+    size = path.stat().st_size
+    buf = np.memmap(path, dtype=np.uint8, mode="r") if size else b""
+    try:
+        _walk(memoryview(buf), size)
+    except (_Bad, struct.error) as e:
+        msg = str(e) or "truncated header"
+        raise LowbitError(f"{path} is not a valid GGUF file ({msg}): re-download or re-export it") from None
+
+
+def _walk(buf, size: int) -> None:
+    pos = 0
+
+    def take(n: int) -> int:
+        nonlocal pos
+        if n < 0 or pos + n > size:
+            raise _Bad(f"a field at byte {pos} runs past the end of the file")
+        start, pos = pos, pos + n
+        return start
+
+    def u32() -> int:
+        return struct.unpack_from("<I", buf, take(4))[0]
+
+    def u64() -> int:
+        return struct.unpack_from("<Q", buf, take(8))[0]
+
+    def string() -> bytes:
+        n = u64()
+        return bytes(buf[take(n):pos])
+
+    if size < 24 or bytes(buf[:4]) != b"GGUF":
+        raise _Bad("no GGUF magic")
+    take(4)
+    version = u32()
+    if version not in (2, 3):
+        raise _Bad(f"version {version}, lowbit reads versions 2 and 3")
+    n_tensors, n_kv = u64(), u64()
+    if n_tensors > size // 24 or n_kv > size // 13:
+        raise _Bad(f"{n_tensors} tensors and {n_kv} keys cannot fit in {size} bytes")
+    alignment = 32
+    for _ in range(n_kv):
+        key = string()
+        vtype = u32()
+        if vtype == V.ARRAY:
+            sub, count = u32(), u64()
+            if sub == V.STRING:
+                for _ in range(count):
+                    take(u64())
+                    if pos > size:
+                        raise _Bad("string array too long")
+            elif sub in _SCALAR:
+                take(count * _SCALAR[sub])
+            else:
+                raise _Bad(f"key {key[:60]!r} has an array of unknown type {sub}")
+        elif vtype == V.STRING:
+            string()
+        elif vtype in _SCALAR:
+            start = take(_SCALAR[vtype])
+            if key == b"general.alignment" and vtype == V.UINT32:
+                alignment = struct.unpack_from("<I", buf, start)[0]
+        else:
+            raise _Bad(f"key {key[:60]!r} has unknown value type {vtype}")
+    if alignment == 0 or alignment & (alignment - 1):
+        raise _Bad(f"alignment {alignment} is not a power of two")
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        n_dims = u32()
+        if not 1 <= n_dims <= 4:
+            raise _Bad(f"tensor {name[:60]!r} has {n_dims} dimensions")
+        dims = [u64() for _ in range(n_dims)]
+        ttype, offset = u32(), u64()
+        if ttype not in T._value2member_map_ or T(ttype) not in GGML_QUANT_SIZES:
+            raise _Bad(f"tensor {name[:60]!r} has unknown type {ttype}")
+        infos.append((name, dims, T(ttype), offset))
+    data_start = -(-pos // alignment) * alignment
+    for name, dims, ttype, offset in infos:
+        blk, tsize = GGML_QUANT_SIZES[ttype]
+        if dims[0] % blk:
+            raise _Bad(f"tensor {name[:60]!r} rows of {dims[0]} do not split into {ttype.name} blocks")
+        nbytes = dims[0] // blk * tsize * int(np.prod(dims[1:], dtype=np.float64))
+        if offset % alignment or data_start + offset + nbytes > size:
+            raise _Bad(f"tensor {name[:60]!r} data lies outside the file (truncated download?)")
+
+
+def open_gguf(path) -> gguf.GGUFReader:
+    """gguf-py's reader on a file whose header passed check_header."""
+    path = Path(path)
+    if not path.is_file():
+        raise LowbitError(f"GGUF file {path} does not exist: check the path")
+    check_header(path)
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, KeyError, IndexError) as e:
+        raise LowbitError(f"{path} is not a valid GGUF file ({str(e)[:200]}): re-download or re-export it") from None
+
+
+def _meta(r: gguf.GGUFReader, key: str, default=None):
+    f = r.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def gguf_config(r: gguf.GGUFReader, path: Path):
+    """The HF config a GGUF's metadata describes."""
+    from transformers import AutoConfig
+
+    arch = _meta(r, "general.architecture")
+    if arch not in _MODEL_TYPE:
+        raise LowbitError(f"{path} holds a {arch!r} model: lowbit reads GGUF architectures "
+                          f"{', '.join(sorted(_MODEL_TYPE))}")
+    tensors = {t.name for t in r.tensors}
+
+    def need(key):
+        v = _meta(r, f"{arch}.{key}")
+        if v is None:
+            raise LowbitError(f"{path} lacks the key {arch}.{key}: the file is incomplete, re-export it")
+        return v
+
+    n_head = need("attention.head_count")
+    vocab = _meta(r, f"{arch}.vocab_size") or len(r.fields["tokenizer.ggml.tokens"].data)
+    kw = dict(vocab_size=int(vocab), hidden_size=need("embedding_length"),
+              intermediate_size=need("feed_forward_length"), num_hidden_layers=need("block_count"),
+              num_attention_heads=n_head,
+              num_key_value_heads=_meta(r, f"{arch}.attention.head_count_kv", n_head),
+              max_position_embeddings=_meta(r, f"{arch}.context_length", 2048),
+              rms_norm_eps=float(_meta(r, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+              rope_theta=float(_meta(r, f"{arch}.rope.freq_base", 10000.0)),
+              tie_word_embeddings="output.weight" not in tensors,
+              bos_token_id=_meta(r, "tokenizer.ggml.bos_token_id"),
+              eos_token_id=_meta(r, "tokenizer.ggml.eos_token_id"),
+              pad_token_id=_meta(r, "tokenizer.ggml.padding_token_id"))
+    if (head_dim := _meta(r, f"{arch}.attention.key_length")) is not None:
+        kw["head_dim"] = head_dim
+    if arch == "llama":
+        kw["attention_bias"] = "blk.0.attn_q.bias" in tensors
+    scaling = _meta(r, f"{arch}.rope.scaling.type")
+    if scaling in ("linear", "yarn"):
+        kw["rope_scaling"] = {"rope_type": scaling, "factor": _meta(r, f"{arch}.rope.scaling.factor")}
+        if scaling == "yarn":
+            kw["rope_scaling"]["original_max_position_embeddings"] = _meta(
+                r, f"{arch}.rope.scaling.original_context_length")
+    if "rope_freqs.weight" in tensors:
+        log.warning("%s: llama3 RoPE factors (rope_freqs) are not read back; long contexts will differ", path)
+    return AutoConfig.for_model(_MODEL_TYPE[arch], **kw)
+
+
+def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
+    """(float HF model in eval mode, tokenizer or None) from a GGUF file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    r = open_gguf(path)
+    config = gguf_config(r, path)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = model.state_dict()
+    arch = _meta(r, "general.architecture")
+    names = {g: hf for hf, g in gguf_names(config.model_type, state, config.num_hidden_layers).items()}
+    if config.tie_word_embeddings:
+        names.pop("output.weight", None)
+    loaded = set()
+    for t in r.tensors:
+        if t.name == "rope_freqs.weight":
+            continue
+        hf = names.get(t.name)
+        if hf is None:
+            raise LowbitError(f"{path} has tensor {t.name} that a {arch} model does not: "
+                              "the file is of another model variant")
+        W = gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
+        heads = qk_heads(arch, t.name, config.num_attention_heads, config.num_key_value_heads)
+        if heads is not None:
+            W = unpermute_qk(W, heads)
+        if tuple(W.shape) != tuple(state[hf].shape):
+            raise LowbitError(f"{path}: tensor {t.name} has shape {W.shape}, the metadata implies "
+                              f"{tuple(state[hf].shape)}: the file is inconsistent, re-export it")
+        with torch.no_grad():
+            state[hf].copy_(torch.from_numpy(np.array(W, dtype=np.float32)))
+        loaded.add(hf)
+    missing = [hf for hf in names.values() if hf not in loaded]
+    if missing:
+        raise LowbitError(f"{path} lacks tensor {missing[0]}: the file is incomplete, re-export it")
+    model.tie_weights()
+    tokenizer = None
+    if with_tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model.eval(), tokenizer

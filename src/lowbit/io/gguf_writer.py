@@ -1,0 +1,242 @@
+"""Write an HF float model as a GGUF file that llama.cpp loads.
+
+The container and metadata come from gguf-py's GGUFWriter; the tensor bytes from
+lowbit.formats.ggml_blocks.quantize, or from `blocks` (bytes another method, e.g. GPTQ,
+already chose on the grids plan_types() names). The file is written under a temporary
+name beside the output and renamed at the end, so a failure leaves no partial file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as T
+
+from lowbit import __version__
+from lowbit.errors import LowbitError
+from lowbit.formats import ggml_blocks
+from lowbit.io.atomic import check_output
+from lowbit.io.gguf_mixes import file_type, plan_types, row_bytes
+from lowbit.io.gguf_names import gguf_arch, gguf_names, permute_qk, qk_heads
+
+log = logging.getLogger(__name__)
+Blocks = dict[str, tuple[np.ndarray, T]]
+
+
+def write_gguf(out_path, model, tokenizer, file_type_name: str = "Q4_K_M", blocks: Blocks | None = None,
+               importance: dict[str, np.ndarray] | None = None, overwrite: bool = False,
+               source_gguf: Path | None = None) -> Path:
+    """Write `model` (HF, float) as OUT_PATH in llama.cpp file type `file_type_name`.
+
+    blocks: {hf_name: (uint8 (rows, bytes_per_row) in HF row order, type)} used as is.
+    importance: {hf_name: float (cols,)} passed to the block quantizer.
+    source_gguf: a GGUF the model was loaded from; its tokenizer metadata is copied
+    (exact tokens, merges, pre-tokenizer and flags, which an HF round trip may lose)."""
+    out = Path(out_path)
+    check_output(out, overwrite)
+    ftype, _ = file_type(file_type_name)
+    cfg = model.config
+    arch = gguf_arch(getattr(cfg, "model_type", None))
+    blocks, importance = blocks or {}, importance or {}
+    plan = plan_types(model, file_type_name, has_importance=bool(importance))
+    names = gguf_names(cfg.model_type, plan, cfg.num_hidden_layers)
+    unknown = set(blocks) - set(plan)
+    if unknown:
+        raise LowbitError(f"blocks name tensors the file does not hold ({sorted(unknown)[0]}): "
+                          "key blocks by the HF names plan_types() returns")
+    state = model.state_dict()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        w = gguf.GGUFWriter(tmp, arch)
+        _add_model_metadata(w, model, arch, ftype)
+        if source_gguf is not None:
+            _copy_tokenizer(w, Path(source_gguf))
+        else:
+            _add_hf_tokenizer(w, tokenizer, cfg.vocab_size)
+        for hf_name, g_name in names.items():
+            data, qtype = _tensor_bytes(hf_name, state[hf_name], plan[hf_name], blocks, importance)
+            heads = qk_heads(arch, g_name, cfg.num_attention_heads,
+                             getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+            if heads is not None:
+                data = permute_qk(data, heads)
+            if data.dtype == np.uint8:
+                w.add_tensor(g_name, data, raw_dtype=qtype)
+            else:
+                w.add_tensor(g_name, data)
+        for g_name, data in _extra_tensors(cfg, arch):
+            w.add_tensor(g_name, data)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _tensor_bytes(hf_name, tensor: torch.Tensor, qtype: T, blocks: Blocks, importance):
+    """(array, type): float32/float16 arrays for float types, uint8 rows for block types."""
+    if hf_name in blocks:
+        data, given = blocks[hf_name]
+        given = T(given)
+        if given != qtype:
+            log.info("%s: using the given %s blocks where the mix asks for %s", hf_name, given.name, qtype.name)
+        rows, cols = tensor.shape
+        if data.dtype != np.uint8 or data.shape != (rows, row_bytes(given, cols)):
+            raise LowbitError(f"blocks for {hf_name} have shape {data.shape} {data.dtype}, expected "
+                              f"uint8 {(rows, row_bytes(given, cols))} for {given.name}: re-quantize that tensor")
+        return np.ascontiguousarray(data), given
+    W = tensor.detach().to(torch.float32).cpu().numpy()
+    if not np.isfinite(W).all():
+        raise LowbitError(f"weight {hf_name} contains NaN or Inf: the checkpoint is damaged, "
+                          "re-export or re-download it")
+    if qtype == T.F32:
+        return np.ascontiguousarray(W), qtype
+    if qtype == T.F16:
+        return W.astype(np.float16), qtype
+    try:
+        q = ggml_blocks.quantize(W, qtype, importance.get(hf_name))
+    except NotImplementedError:
+        raise LowbitError(f"no block quantizer for {qtype.name} yet ({hf_name}): "
+                          "choose another GGUF file type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16)") from None
+    q = np.asarray(q)
+    if q.dtype != np.uint8:  # float results (F32/F16) as raw bytes
+        q = q.view(np.uint8)
+    return q.reshape(W.shape[0], -1), qtype
+
+
+def _add_model_metadata(w: gguf.GGUFWriter, model, arch: str, ftype) -> None:
+    cfg = model.config
+    n_head = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    w.add_type(gguf.GGUFType.MODEL)
+    name = getattr(cfg, "name_or_path", "") or getattr(cfg, "_name_or_path", "")
+    if name:
+        w.add_name(Path(str(name)).name)
+    w.add_quantized_by(f"lowbit {__version__}")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or n_head)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
+    if arch == "llama":
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_rope_dimension_count(head_dim)
+    if head_dim != cfg.hidden_size // n_head or arch == "qwen3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    _add_rope_scaling(w, getattr(cfg, "rope_scaling", None))
+    w.add_file_type(int(ftype))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_rope_scaling(w: gguf.GGUFWriter, rope: dict | None) -> None:
+    if not rope:
+        return
+    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
+    if kind == "linear" and factor:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(factor)
+    elif kind == "yarn" and factor:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(factor)
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    elif kind not in (None, "default", "llama3"):  # llama3 is a rope_freqs tensor (_extra_tensors)
+        raise LowbitError(f"RoPE scaling {kind!r} cannot be written as GGUF yet: "
+                          "lowbit writes linear, yarn and llama3 scaling")
+
+
+def _extra_tensors(cfg, arch: str):
+    """Llama 3 RoPE scaling is stored as per-frequency factors, the tensor rope_freqs."""
+    rope = getattr(cfg, "rope_scaling", None) or {}
+    if arch != "llama" or rope.get("rope_type", rope.get("type")) != "llama3":
+        return []
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    inv_freq = 1.0 / (float(cfg.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    factor = rope.get("factor", 8.0)
+    lo, hi = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_ctx = rope.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (old_ctx / wavelen - lo) / (hi - lo)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    factors = np.where(wavelen < old_ctx / hi, 1.0, np.where(wavelen > old_ctx / lo, factor, mid))
+    return [("rope_freqs.weight", factors.astype(np.float32))]
+
+
+def _copy_tokenizer(w: gguf.GGUFWriter, source: Path) -> None:
+    from lowbit.io.gguf_reader import open_gguf
+
+    r = open_gguf(source)
+    for key, field in r.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, field.contents(), vtype, sub_type=sub)
+
+
+def _pre_tokenizer_name(tok_json: dict) -> str:
+    """llama.cpp's name for the pre-tokenizer, read from the tokenizer.json structure."""
+    pre = json.dumps(tok_json.get("pre_tokenizer") or {})
+    if '"Digits"' in pre and '"individual_digits": true' in pre and '"ByteLevel"' in pre:
+        return "smollm"
+    if "\\\\p{N}{1,3}" in pre:
+        return "llama-bpe"
+    if "[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}" in pre:
+        return "qwen2"
+    if '"Split"' not in pre and '"ByteLevel"' in pre:
+        return "gpt-2"
+    log.warning("unknown pre-tokenizer: llama.cpp will use its default (pass source_gguf to copy one)")
+    return "default"
+
+
+def _add_hf_tokenizer(w: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer as llama.cpp's "gpt2" vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise LowbitError("the tokenizer is not a fast (tokenizer.json) tokenizer: "
+                          "load the model with its tokenizer.json, or pass source_gguf")
+    tok_json = json.loads(backend.to_str())
+    if tok_json["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(tok_json.get("pre_tokenizer")):
+        raise LowbitError("only byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, SmolLM) convert to GGUF yet: "
+                          "pass source_gguf= a GGUF of the same model to copy its tokenizer")
+    vocab = tokenizer.get_vocab()
+    if max(vocab.values()) >= vocab_size:
+        raise LowbitError(f"the tokenizer has ids up to {max(vocab.values())} but the model only "
+                          f"{vocab_size} embeddings: use the model's own tokenizer")
+    by_id = {i: t for t, i in vocab.items()}
+    added = {i: a for i, a in tokenizer.added_tokens_decoder.items()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif i in added:
+            tokens.append(by_id[i])
+            special = added[i].special or (by_id[i].startswith("<|") and by_id[i].endswith("|>"))
+            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.NORMAL)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(_pre_tokenizer_name(tok_json))
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    with tempfile.TemporaryDirectory() as td:  # SpecialVocab reads merges, special ids, flags, template
+        tokenizer.save_pretrained(td)
+        gguf.SpecialVocab(td, load_merges=True, n_vocab=vocab_size).add_to_gguf(w)

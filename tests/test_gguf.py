@@ -1,0 +1,333 @@
+"""GGUF: llama.cpp's type mixes, our writer and reader, and llama.cpp itself loading our files.
+
+Tests that run llama.cpp use the peer venv /work/peers/venv-llamacpp (llama-cpp-python built
+from source, never a lowbit dependency; LOWBIT_LLAMACPP_PYTHON overrides the interpreter) and
+are skipped when it is absent."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+from transformers import LlamaConfig, Qwen2Config, Qwen3Config, AutoModelForCausalLM
+
+from lowbit.errors import LowbitError
+from lowbit.formats import ggml_blocks
+from lowbit.io.gguf_mixes import plan_types, row_bytes, use_more_bits
+from lowbit.io.gguf_names import gguf_names, permute_qk, unpermute_qk
+from lowbit.io.gguf_reader import check_header, open_gguf, read_gguf
+from lowbit.io.gguf_writer import write_gguf
+
+PEER = Path(os.environ.get("LOWBIT_LLAMACPP_PYTHON", "/work/peers/venv-llamacpp/bin/python"))
+RUNNER = Path(__file__).resolve().parents[1] / "bench" / "llamacpp_run.py"
+needs_llamacpp = pytest.mark.skipif(not PEER.is_file(), reason=f"llama.cpp peer venv not found ({PEER}): "
+                                    "build it with pip install llama-cpp-python into that venv")
+DEFAULT_CFG = dict(model_type="llama", num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
+MORE_BITS_30 = {0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29}  # use_more_bits(i, 30), worked by hand
+
+
+def run_peer(req: dict) -> dict:
+    r = subprocess.run([str(PEER), str(RUNNER)], input=json.dumps(req), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def default_shapes(n_layer=30, hidden=576, kv=192, ff=1536, vocab=49152):
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(n_layer):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
+                       p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+                       p + "mlp.gate_proj.weight": (ff, hidden), p + "mlp.up_proj.weight": (ff, hidden),
+                       p + "mlp.down_proj.weight": (hidden, ff), p + "input_layernorm.weight": (hidden,),
+                       p + "post_attention_layernorm.weight": (hidden,)})
+    return shapes
+
+
+def tiny_llm(family="llama", hidden=256, vocab=512, seed=0):
+    """Widths that 256 divides, so k-quant blocks apply (tests/tiny.py's 72 would fall back to F16)."""
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    cfg = {"llama": lambda: LlamaConfig(**common, tie_word_embeddings=True),
+           "qwen2": lambda: Qwen2Config(**common, tie_word_embeddings=False),
+           "qwen3": lambda: Qwen3Config(**common, head_dim=64, tie_word_embeddings=True)}[family]()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    model.tie_weights()
+    return model.eval()
+
+
+def valid_blocks(rows, cols, qtype, seed=0):
+    """Random but valid k-quant bytes (finite f16 super-scales) for types we cannot quantize yet."""
+    rng = np.random.default_rng(seed)
+    blk, size = gguf.GGML_QUANT_SIZES[qtype]
+    b = rng.integers(0, 256, (rows, cols // blk, size), dtype=np.uint8)
+    f16_at = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}[qtype]
+    for off in f16_at:
+        b[..., off:off + 2] = rng.uniform(1e-5, 2e-4, b.shape[:2]).astype(np.float16)[..., None].view(np.uint8)
+    return b.reshape(rows, -1)
+
+
+@pytest.fixture(scope="module")
+def tiny_tok():
+    """A 512-token byte-level BPE tokenizer trained on the README (fast to write and read)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([(Path(__file__).resolve().parents[1] / "README.md").read_text()], vocab_size=512,
+                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>",
+                                  eos_token="<|im_end|>", unk_token="<|endoftext|>")
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    return tok
+
+
+# ---- mixes: hand-worked from llama.cpp's rules on the default model's names and shapes ----
+
+def test_use_more_bits_pattern():
+    assert {i for i in range(30) if use_more_bits(i, 30)} == MORE_BITS_30
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q5_K_M"])
+def test_mix_km_default_model(ftype):
+    p = plan_types(default_shapes(), ftype, DEFAULT_CFG)
+    big, small = (T.Q6_K, T.Q4_K) if ftype == "Q4_K_M" else (T.Q6_K, T.Q5_K)
+    small576 = T.Q5_0 if ftype == "Q4_K_M" else T.Q5_1  # 576-wide rows fall back from Q4_K / Q5_K
+    assert p["model.embed_tokens.weight"] == T.Q8_0  # tied output: Q6_K asked, 576 % 256 -> Q8_0
+    assert p["model.norm.weight"] == T.F32 and p["model.layers.7.input_layernorm.weight"] == T.F32
+    for i in range(30):
+        more = i in MORE_BITS_30
+        assert p[f"model.layers.{i}.self_attn.v_proj.weight"] == (T.Q8_0 if more else small576)
+        assert p[f"model.layers.{i}.mlp.down_proj.weight"] == (big if more else small)  # 1536-wide: no fallback
+        for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj"):
+            assert p[f"model.layers.{i}.{n}.weight"] == small576
+
+
+def test_mix_low_bit_default_model():
+    p = plan_types(default_shapes(), "Q2_K", DEFAULT_CFG)
+    assert p["model.layers.4.self_attn.v_proj.weight"] == T.Q4_0  # Q3_K (gqa 3 < 4) -> fallback Q4_0
+    assert p["model.layers.4.mlp.down_proj.weight"] == T.Q3_K
+    assert p["model.layers.4.self_attn.o_proj.weight"] == T.Q4_0  # Q3_K -> Q4_0
+    assert p["model.layers.4.self_attn.q_proj.weight"] == T.Q4_0  # Q2_K -> Q4_0
+    p = plan_types(default_shapes(), "Q3_K_M", DEFAULT_CFG)
+    assert [p[f"model.layers.{i}.self_attn.v_proj.weight"] for i in (0, 1, 2)] == [T.Q5_1, T.Q5_1, T.Q5_0]
+    assert [p[f"model.layers.{i}.mlp.down_proj.weight"] for i in (0, 1, 29)] == [T.Q5_K, T.Q4_K, T.Q4_K]
+    assert p["model.layers.3.self_attn.o_proj.weight"] == T.Q5_0 and p["model.layers.3.mlp.up_proj.weight"] == T.Q4_0
+    p = plan_types(default_shapes(), "Q6_K", DEFAULT_CFG)
+    assert p["model.layers.3.mlp.down_proj.weight"] == T.Q6_K and p["model.layers.3.mlp.up_proj.weight"] == T.Q8_0
+    p = plan_types(default_shapes(), "Q4_K_S", DEFAULT_CFG)
+    assert [p[f"model.layers.{i}.mlp.down_proj.weight"] for i in (2, 3)] == [T.Q5_K, T.Q4_K]
+    assert [p[f"model.layers.{i}.self_attn.v_proj.weight"] for i in (3, 4)] == [T.Q5_1, T.Q5_0]
+
+
+def test_mix_legacy_and_float():
+    p = plan_types(default_shapes(), "Q4_0", DEFAULT_CFG)
+    assert p["model.embed_tokens.weight"] == T.Q8_0  # the packaged Q4_1 file shows the same: Q6_K -> Q8_0
+    assert p["model.layers.0.mlp.down_proj.weight"] == T.Q4_0
+    p = plan_types(default_shapes(), "Q4_0", DEFAULT_CFG, has_importance=True)
+    assert [p[f"model.layers.{i}.mlp.down_proj.weight"] for i in (2, 3)] == [T.Q4_1, T.Q4_0]
+    for ft, t in (("Q8_0", T.Q8_0), ("F16", T.F16), ("BF16", T.BF16), ("F32", T.F32)):
+        p = plan_types(default_shapes(), ft, DEFAULT_CFG)
+        assert {v for k, v in p.items() if "norm" not in k} == {t}
+        assert p["model.norm.weight"] == T.F32
+
+
+def test_mix_wide_untied_and_70b():
+    shapes = default_shapes(n_layer=80, hidden=1024, kv=256, ff=2048, vocab=1000)
+    shapes["lm_head.weight"] = (1000, 1024)
+    cfg = dict(model_type="llama", num_hidden_layers=80, num_attention_heads=16, num_key_value_heads=2)
+    p = plan_types(shapes, "Q4_K_M", cfg)
+    assert p["lm_head.weight"] == T.Q6_K and p["model.embed_tokens.weight"] == T.Q4_K  # untied
+    assert p["model.layers.12.self_attn.v_proj.weight"] == T.Q6_K  # (12 - 80//8) % 3 == 2: more bits
+    assert p["model.layers.11.self_attn.v_proj.weight"] == T.Q5_K  # 70B: Q4_K attn_v -> Q5_K
+    p = plan_types(shapes, "Q2_K", cfg)
+    assert p["model.layers.12.self_attn.v_proj.weight"] == T.Q5_K  # gqa 8 >= 4 -> Q4_K, then 70B -> Q5_K
+    del shapes["lm_head.weight"]
+    assert plan_types(shapes, "Q3_K_S", cfg)["model.embed_tokens.weight"] == T.Q6_K  # tied
+
+
+def test_mix_errors():
+    with pytest.raises(LowbitError, match="Q4_K_M"):
+        plan_types(default_shapes(2), "Q7_X", DEFAULT_CFG)
+    with pytest.raises(LowbitError, match="cannot be written as GGUF"):
+        plan_types(default_shapes(2), "Q8_0", dict(DEFAULT_CFG, model_type="gpt2"))
+
+
+# ---- writer and reader ----
+
+def test_permutation_roundtrip():
+    x = np.arange(24 * 3).reshape(24, 3)
+    assert (unpermute_qk(permute_qk(x, 3), 3) == x).all()
+    assert not (permute_qk(x, 3) == x).all()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_roundtrip_types(tmp_path, tiny_tok, family):
+    model = tiny_llm(family)
+    sd = model.state_dict()
+    q = "model.layers.1.self_attn.q_proj.weight"
+    kinds = {"Q8_0": T.Q8_0, "Q4_0": T.Q4_0, "Q5_1": T.Q5_1, "F16": T.F16, "BF16": T.BF16}
+    for ft, t in kinds.items():
+        out = write_gguf(tmp_path / f"{ft}.gguf", model, tiny_tok, ft)
+        r = gguf.GGUFReader(out)
+        assert r.fields["general.file_type"].contents() == int(gguf.LlamaFileType[f"MOSTLY_{ft}"])
+        assert r.fields["general.architecture"].contents() == {"llama": "llama"}.get(family, family)
+        by_name = {x.name: x for x in r.tensors}
+        plan = plan_types(model, ft)
+        names = gguf_names(model.config.model_type, plan, 2)
+        assert set(by_name) == set(names.values())
+        for hf, g in names.items():
+            assert by_name[g].tensor_type == plan[hf]
+        # the bytes are what the block quantizer makes of the (Llama: permuted) rows
+        W = sd[q].numpy()
+        rows = permute_qk(W, 4) if family == "llama" else W
+        want = rows.astype(np.float16) if t == T.F16 else ggml_blocks.quantize(rows, t)
+        got = np.asarray(by_name["blk.1.attn_q.weight"].data)
+        assert np.array_equal(got.view(np.uint8).reshape(-1), np.asarray(want).view(np.uint8).reshape(-1))
+        # our reader sees the same tensors, dequantized and back in HF order
+        back, _ = read_gguf(out, with_tokenizer=False)
+        deq = gguf.quants.dequantize(np.asarray(want), t).reshape(W.shape)
+        deq = unpermute_qk(deq, 4) if family == "llama" else deq
+        assert torch.equal(back.state_dict()[q], torch.from_numpy(deq.astype(np.float32)))
+        assert np.abs(deq - W).max() <= {T.Q4_0: 0.05, T.Q5_1: 0.02}.get(t, 0.005)
+        assert back.config.tie_word_embeddings == model.config.tie_word_embeddings
+        for key in ("num_key_value_heads", "intermediate_size", "rope_theta", "rms_norm_eps", "vocab_size"):
+            assert getattr(back.config, key) == pytest.approx(getattr(model.config, key))
+
+
+def test_metadata_and_tokenizer(tmp_path, tiny_tok):
+    out = write_gguf(tmp_path / "m.gguf", tiny_llm(), tiny_tok, "Q8_0")
+    r = gguf.GGUFReader(out)
+    f = {k: v.contents() for k, v in r.fields.items() if k not in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")}
+    assert f["llama.block_count"] == 2 and f["llama.embedding_length"] == 256
+    assert f["llama.attention.head_count"] == 4 and f["llama.attention.head_count_kv"] == 2
+    assert f["llama.rope.dimension_count"] == 64 and f["llama.vocab_size"] == 512
+    assert f["general.quantization_version"] == 2 and f["tokenizer.ggml.model"] == "gpt2"
+    assert f["tokenizer.ggml.bos_token_id"] == tiny_tok.bos_token_id
+    assert "im_start" in f["tokenizer.chat_template"]
+    assert r.fields["tokenizer.ggml.tokens"].contents()[:3] == [tiny_tok.convert_ids_to_tokens(i) for i in range(3)]
+    assert len(r.fields["tokenizer.ggml.merges"].data) > 200
+
+
+def test_kquant_blocks_passed_through(tmp_path, tiny_tok):
+    model = tiny_llm()
+    plan = plan_types(model, "Q4_K_M")
+    blocks = {}
+    for i, (hf, t) in enumerate(plan.items()):
+        if t not in (T.F32, T.F16, T.Q8_0):
+            rows, cols = model.state_dict()[hf].shape
+            blocks[hf] = (valid_blocks(rows, cols, t, seed=i), t)
+    assert {t for _, t in blocks.values()} == {T.Q4_K, T.Q6_K}
+    out = write_gguf(tmp_path / "k.gguf", model, tiny_tok, "Q4_K_M", blocks=blocks)
+    names = gguf_names("llama", plan, 2)
+    by_name = {x.name: x for x in gguf.GGUFReader(out).tensors}
+    back, _ = read_gguf(out, with_tokenizer=False)
+    for hf, (b, t) in blocks.items():
+        g = names[hf]
+        rows = permute_qk(b, 4 if "q_proj" in hf else 2) if hf.endswith(("q_proj.weight", "k_proj.weight")) else b
+        assert by_name[g].tensor_type == t and np.array_equal(np.asarray(by_name[g].data), rows)
+        deq = gguf.quants.dequantize(b, t).reshape(model.state_dict()[hf].shape)
+        assert np.isfinite(deq).all() and torch.equal(back.state_dict()[hf], torch.from_numpy(deq))
+    bad = dict(blocks)
+    hf = next(iter(bad))
+    bad[hf] = (bad[hf][0][:, :-1], bad[hf][1])
+    with pytest.raises(LowbitError, match="re-quantize"):
+        write_gguf(tmp_path / "bad.gguf", model, tiny_tok, "Q4_K_M", blocks=bad)
+    assert not (tmp_path / "bad.gguf").exists() and not list(tmp_path.glob(".bad.gguf*"))
+
+
+def test_output_refused_and_errors(tmp_path, tiny_tok):
+    model = tiny_llm()
+    out = write_gguf(tmp_path / "m.gguf", model, tiny_tok, "Q8_0")
+    with pytest.raises(LowbitError, match="already exists"):
+        write_gguf(out, model, tiny_tok, "Q8_0")
+    write_gguf(out, model, tiny_tok, "Q4_0", overwrite=True)
+    assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 2
+    from tests.tiny import tiny_model
+    with pytest.raises(LowbitError, match="cannot be written as GGUF"):
+        write_gguf(tmp_path / "opt.gguf", tiny_model("opt"), tiny_tok, "Q8_0")
+    data = out.read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+    (tmp_path / "huge.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (2**60).to_bytes(8, "little") * 2)
+    (tmp_path / "text.gguf").write_bytes(b"hello, not a model at all" * 4)
+    for name, words in (("cut", "outside the file"), ("huge", "cannot fit"), ("text", "no GGUF magic")):
+        with pytest.raises(LowbitError, match=words) as e:
+            read_gguf(tmp_path / f"{name}.gguf")
+        assert "\n" not in str(e.value) and "re-download" in str(e.value)
+    check_header(out)
+
+
+# ---- llama.cpp itself ----
+
+@pytest.fixture(scope="module")
+def default_files(tmp_path_factory):
+    """The default model written by lowbit as F16 and Q8_0 GGUF (tokenizer copied from the packaged GGUF)."""
+    from lowbit.io.default_model import default_gguf
+    from lowbit.io.load import load_model
+
+    d = tmp_path_factory.mktemp("gguf")
+    loaded = load_model(None)
+    files = {ft: write_gguf(d / f"smol-{ft}.gguf", loaded.model, loaded.tokenizer, ft, source_gguf=default_gguf())
+             for ft in ("F16", "Q8_0")}
+    return loaded, files
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_0", "Q5_1", "Q4_K_M"])
+def test_llamacpp_logits_match_dequantized(tmp_path, tiny_tok, ftype):
+    """llama.cpp's logits on our file match our dequantized model: mean |diff| at most 3 % of the mean
+    |logit| (llama.cpp also rounds activations to 8 bits, so they are not equal), and for types below
+    8 bits at most half the distance between the dequantized and the float model."""
+    model = tiny_llm()
+    blocks = None
+    if ftype == "Q4_K_M":  # k-quants through blocks until ggml_blocks has them
+        plan = plan_types(model, ftype)
+        blocks = {hf: (valid_blocks(*model.state_dict()[hf].shape, t, seed=i), t)
+                  for i, (hf, t) in enumerate(plan.items()) if t in (T.Q4_K, T.Q6_K)}
+    out = write_gguf(tmp_path / "m.gguf", model, tiny_tok, ftype, blocks=blocks)
+    ids = tiny_tok("The quick brown fox jumps over the lazy dog. " * 3)["input_ids"]
+    run_peer({"op": "logits", "model": str(out), "windows": [ids], "out": str(tmp_path / "lg")})
+    got = np.load(tmp_path / "lg.0.npy")
+    back, _ = read_gguf(out, with_tokenizer=False)
+    with torch.no_grad():
+        deq = back(torch.tensor([ids])).logits[0].numpy()
+        flt = model(torch.tensor([ids])).logits[0].numpy()
+    err = np.abs(got - deq).mean()
+    assert err <= 0.03 * np.abs(deq).mean(), (err, np.abs(deq).mean())  # measured 0.8-1.2 %
+    if ftype != "Q8_0":  # 8-bit weights err about as much as llama.cpp's 8-bit activations
+        assert err <= 0.5 * np.abs(deq - flt).mean(), (err, np.abs(deq - flt).mean())
+
+
+@needs_llamacpp
+def test_llamacpp_f16_matches_float_and_mix(default_files):
+    """Default model: llama.cpp's logits on our F16 file match the float model, and llama.cpp's own
+    quantizer (dry run) picks for every tensor the type plan_types picks."""
+    loaded, files = default_files
+    ids = loaded.tokenizer("The capital of France is Paris. The capital of Germany is")["input_ids"]
+    out = files["F16"].parent / "lg"
+    run_peer({"op": "logits", "model": str(files["F16"]), "windows": [ids], "out": str(out)})
+    with torch.no_grad():
+        ref = loaded.model(torch.tensor([ids])).logits[0].numpy()
+    got = np.load(f"{out}.0.npy")
+    assert np.abs(got - ref).max() < 0.15 and (got.argmax(-1) == ref.argmax(-1)).all()
+    names = gguf_names("llama", plan_types(loaded.model, "Q8_0"), 30)
+    for ft in ("Q4_K_M", "Q3_K_M", "Q2_K", "Q5_K_S", "Q6_K", "Q4_0"):
+        theirs = {k: v.lower() for k, v in run_peer({"op": "plan", "src": str(files["F16"]), "ftype": ft}).items()}
+        ours = {names[hf]: t.name.lower() for hf, t in plan_types(loaded.model, ft).items()}
+        assert {k: v for k, v in ours.items() if k in theirs} == theirs, ft
+        assert len(theirs) == 211
+
+
+@needs_llamacpp
+def test_llamacpp_chats(default_files):
+    _, files = default_files
+    ans = run_peer({"op": "chat", "model": str(files["Q8_0"]), "max_tokens": 12,
+                    "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    assert len(ans["text"].strip()) > 3
