@@ -3,8 +3,9 @@ imported by lowbit. One JSON request on stdin, one JSON answer on stdout.
 
   {"op": "logits", "model": PATH, "windows": [[ids...], ...], "out": NPY_PREFIX}
       -> per window, float32 logits (tokens, vocab) saved as NPY_PREFIX.<i>.npy
-  {"op": "eval", "model": PATH, "windows": [[ids...]], "ref": NPY_PREFIX or null, "out": NPY_PREFIX or null}
-      -> {"nll": sum, "tokens": n, "kld": sum or null}; with "out" the log-probs are saved
+  {"op": "eval", "ref": PATH, "models": {name: PATH}, "windows": [[ids...], ...]}
+      -> {name: {"nll", "kld", "top1", "tokens", "seconds"}} (sums over predicted tokens; the
+         reference runs once per window, every model sees the same windows)
   {"op": "chat", "model": PATH, "messages": [...], "max_tokens": N} -> {"text": ...}
   {"op": "quantize", "src": PATH, "dst": PATH, "ftype": "Q4_K_M"} -> {"seconds": s}
   {"op": "plan", "src": PATH, "ftype": "Q4_K_M"} -> {tensor: type} llama.cpp's quantizer would convert
@@ -45,19 +46,24 @@ def op_logits(req):
 
 
 def op_eval(req):
-    llm = _llm(req["model"], max(len(w) for w in req["windows"]))
-    nll, n, kld = 0.0, 0, 0.0
-    t0 = time.time()
-    for i, ids in enumerate(req["windows"]):
-        logp = _log_softmax(_window_logits(llm, ids))[:-1]  # position t predicts token t+1
-        nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
-        n += len(ids) - 1
-        if req.get("out"):
-            np.save(f"{req['out']}.{i}.npy", logp.astype(np.float32))
-        if req.get("ref"):
-            ref = np.load(f"{req['ref']}.{i}.npy").astype(np.float64)
-            kld += float((np.exp(ref) * (ref - logp)).sum())
-    return {"nll": nll, "tokens": n, "kld": kld if req.get("ref") else None, "seconds": time.time() - t0}
+    n_ctx = max(len(w) for w in req["windows"])
+    ref = _llm(req["ref"], n_ctx)
+    models = {name: _llm(path, n_ctx) for name, path in req["models"].items()}
+    res = {name: {"nll": 0.0, "kld": 0.0, "top1": 0, "tokens": 0, "seconds": 0.0} for name in ["ref", *models]}
+    for ids in req["windows"]:
+        t0 = time.time()
+        p = _log_softmax(_window_logits(ref, ids))[:-1]  # position t predicts token t+1
+        res["ref"]["seconds"] += time.time() - t0
+        for name, llm in [("ref", None), *models.items()]:
+            t0 = time.time()
+            q = p if llm is None else _log_softmax(_window_logits(llm, ids))[:-1]
+            r = res[name]
+            r["seconds"] += time.time() - t0 if llm is not None else 0.0
+            r["nll"] -= float(q[np.arange(len(ids) - 1), ids[1:]].sum())
+            r["kld"] += float((np.exp(p) * (p - q)).sum())
+            r["top1"] += int((p.argmax(-1) == q.argmax(-1)).sum())
+            r["tokens"] += len(ids) - 1
+    return res
 
 
 def op_chat(req):

@@ -280,18 +280,13 @@ def default_files(tmp_path_factory):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_0", "Q5_1", "Q4_K_M"])
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_0", "Q5_1", "Q4_K_M", "Q3_K_M", "Q2_K", "Q6_K"])
 def test_llamacpp_logits_match_dequantized(tmp_path, tiny_tok, ftype):
     """llama.cpp's logits on our file match our dequantized model: mean |diff| at most 3 % of the mean
     |logit| (llama.cpp also rounds activations to 8 bits, so they are not equal), and for types below
     8 bits at most half the distance between the dequantized and the float model."""
     model = tiny_llm()
-    blocks = None
-    if ftype == "Q4_K_M":  # k-quants through blocks until ggml_blocks has them
-        plan = plan_types(model, ftype)
-        blocks = {hf: (valid_blocks(*model.state_dict()[hf].shape, t, seed=i), t)
-                  for i, (hf, t) in enumerate(plan.items()) if t in (T.Q4_K, T.Q6_K)}
-    out = write_gguf(tmp_path / "m.gguf", model, tiny_tok, ftype, blocks=blocks)
+    out = write_gguf(tmp_path / "m.gguf", model, tiny_tok, ftype)
     ids = tiny_tok("The quick brown fox jumps over the lazy dog. " * 3)["input_ids"]
     run_peer({"op": "logits", "model": str(out), "windows": [ids], "out": str(tmp_path / "lg")})
     got = np.load(tmp_path / "lg.0.npy")
@@ -303,6 +298,23 @@ def test_llamacpp_logits_match_dequantized(tmp_path, tiny_tok, ftype):
     assert err <= 0.03 * np.abs(deq).mean(), (err, np.abs(deq).mean())  # measured 0.8-1.2 %
     if ftype != "Q8_0":  # 8-bit weights err about as much as llama.cpp's 8-bit activations
         assert err <= 0.5 * np.abs(deq - flt).mean(), (err, np.abs(deq - flt).mean())
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K", "Q5_K_S"])
+def test_llamacpp_quantizer_writes_the_same_file(tmp_path, tiny_tok, ftype):
+    """llama.cpp quantizing our F32 file and lowbit writing the type directly give the same tensors,
+    types and bytes (our block quantizers are llama.cpp's reference rounding)."""
+    model = tiny_llm()
+    ref = write_gguf(tmp_path / "f32.gguf", model, tiny_tok, "F32")
+    run_peer({"op": "quantize", "src": str(ref), "dst": str(tmp_path / "theirs.gguf"), "ftype": ftype})
+    ours = write_gguf(tmp_path / "ours.gguf", model, tiny_tok, ftype)
+    a = {t.name: t for t in gguf.GGUFReader(tmp_path / "theirs.gguf").tensors}
+    b = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tensor_type == b[k].tensor_type, k
+        assert np.array_equal(np.asarray(a[k].data).view(np.uint8), np.asarray(b[k].data).view(np.uint8)), k
 
 
 @needs_llamacpp

@@ -1,0 +1,129 @@
+"""GGUF files from lowbit against llama.cpp's own quantizer, both judged by llama.cpp.
+
+From the default model, lowbit writes an F32 GGUF (the float reference). llama.cpp
+(llama_model_quantize, in the peer venv) quantizes that file to each type; lowbit's
+producer writes the same types from the same float weights. llama.cpp evaluates every
+file on the same windows of the evaluation split (logits for all positions): perplexity,
+KL(P_float || P_file) per token, top-1 agreement with the float file.
+
+    python bench/gguf_vs_llamacpp.py [--types Q8_0,Q4_K_M,Q3_K_M,Q2_K] [--windows 20]
+        [--producer lowbit-rtn] [--peer-python /work/peers/venv-llamacpp/bin/python]
+
+Producers are pluggable: register_producer("name", fn) with
+fn(loaded, file_type, out_path, source_gguf) -> Path (loaded: lowbit.io.load.Loaded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+RUNNER = HERE / "llamacpp_run.py"
+PRODUCERS: dict[str, Callable] = {}
+
+
+def register_producer(name: str, fn: Callable) -> None:
+    PRODUCERS[name] = fn
+
+
+def lowbit_rtn(loaded, file_type: str, out_path: Path, source_gguf: Path | None) -> Path:
+    """lowbit's writer with its own block quantizers (no calibration)."""
+    from lowbit.io.gguf_writer import write_gguf
+    return write_gguf(out_path, loaded.model, loaded.tokenizer, file_type, overwrite=True, source_gguf=source_gguf)
+
+
+register_producer("lowbit-rtn", lowbit_rtn)
+
+
+def identical_tensors(a: Path, b: Path) -> tuple[int, int]:
+    """(tensors with the same type and bytes, tensors in a)."""
+    import gguf
+    import numpy as np
+
+    ta = {t.name: t for t in gguf.GGUFReader(a).tensors}
+    tb = {t.name: t for t in gguf.GGUFReader(b).tensors}
+    same = sum(1 for k, t in ta.items() if k in tb and t.tensor_type == tb[k].tensor_type
+               and np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(tb[k].data).view(np.uint8)))
+    return same, len(ta)
+
+
+def peer(python: str, req: dict) -> dict:
+    r = subprocess.run([python, str(RUNNER)], input=json.dumps(req), capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"llama.cpp runner failed ({req['op']}): {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--types", default="Q8_0,Q4_K_M,Q3_K_M,Q2_K")
+    ap.add_argument("--windows", type=int, default=20)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--producer", default="lowbit-rtn", help=f"one of {', '.join(PRODUCERS)}")
+    ap.add_argument("--peer-python", default="/work/peers/venv-llamacpp/bin/python")
+    ap.add_argument("--work", default=None, help="directory for the GGUF files (default: a temporary one)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from lowbit.calibration.text import default_text, tokenize
+    from lowbit.eval.perplexity import windows
+    from lowbit.io.default_model import default_gguf
+    from lowbit.io.load import load_model
+
+    produce = PRODUCERS[args.producer]
+    types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
+    work = Path(args.work or tempfile.mkdtemp(prefix="gguf-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(None)
+    source = default_gguf()
+    wins = windows(tokenize(loaded.tokenizer, default_text("eval")), args.seqlen, args.windows).tolist()
+
+    ref = lowbit_rtn(loaded, "F32", work / "float-F32.gguf", source)
+    files, seconds = {}, {}
+    for t in types:
+        out = work / f"llamacpp-{t}.gguf"
+        seconds[f"llama.cpp {t}"] = peer(args.peer_python, {"op": "quantize", "src": str(ref), "dst": str(out),
+                                                            "ftype": t})["seconds"]
+        files[f"llama.cpp {t}"] = out
+        t0 = time.time()
+        files[f"{args.producer} {t}"] = produce(loaded, t, work / f"{args.producer}-{t}.gguf", source)
+        seconds[f"{args.producer} {t}"] = time.time() - t0
+    t0 = time.time()
+    res = peer(args.peer_python, {"op": "eval", "ref": str(ref), "windows": wins,
+                                  "models": {k: str(v) for k, v in files.items()}})
+    eval_s = time.time() - t0
+
+    rows = {}
+    for name, r in res.items():
+        path = ref if name == "ref" else files[name]
+        rows[name] = {"size_bytes": path.stat().st_size, "perplexity": math.exp(r["nll"] / r["tokens"]),
+                      "kld": r["kld"] / r["tokens"], "top1": r["top1"] / r["tokens"], "tokens": r["tokens"],
+                      "quantize_s": seconds.get(name), "eval_s": r["seconds"]}
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    ref_row = rows["ref"]
+    print(f"float reference (F32 GGUF by lowbit): {ref_row['size_bytes'] / 1e6:.1f} MB, perplexity "
+          f"{ref_row['perplexity']:.3f} on {ref_row['tokens']} tokens ({len(wins)} x {args.seqlen}); "
+          f"evaluation by llama.cpp took {eval_s:.0f} s")
+    print(f"| type | llama.cpp MB | {args.producer} MB | llama.cpp ppl | {args.producer} ppl | llama.cpp KLD | "
+          f"{args.producer} KLD | llama.cpp top-1 | {args.producer} top-1 | size ratio | ppl ratio | KLD ratio | "
+          "quantize s (llama.cpp / lowbit) | identical tensors |")
+    print("|---" * 14 + "|")
+    for t in types:
+        a, b = rows[f"llama.cpp {t}"], rows[f"{args.producer} {t}"]
+        print(f"| {t} | {a['size_bytes'] / 1e6:.1f} | {b['size_bytes'] / 1e6:.1f} | {a['perplexity']:.3f} | "
+              f"{b['perplexity']:.3f} | {a['kld']:.4f} | {b['kld']:.4f} | {a['top1']:.3f} | {b['top1']:.3f} | "
+              f"{b['size_bytes'] / a['size_bytes']:.3f} | {b['perplexity'] / a['perplexity']:.3f} | "
+              f"{b['kld'] / max(a['kld'], 1e-12):.3f} | {a['quantize_s']:.1f} / {b['quantize_s']:.1f} | "
+              "%d / %d |" % identical_tensors(files[f"llama.cpp {t}"], files[f"{args.producer} {t}"]))
+
+
+if __name__ == "__main__":
+    main()
