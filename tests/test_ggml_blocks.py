@@ -255,3 +255,5 @@ def test_bad_input_is_refused_with_a_reason():
     grid = gb.fit_grid(W, T.Q4_0)
     with pytest.raises(ValueError, match="0..15"):
         gb.encode(grid, np.full(W.shape, 16))
+    with pytest.raises(ValueError, match="integers"):
+        gb.encode(grid, np.full(W.shape, 2.5))

@@ -164,7 +164,8 @@ def encode(grid: BlockGrid, q: np.ndarray) -> np.ndarray:
     q = np.asarray(q)
     if q.shape != grid.scale.shape:
         raise ValueError(f"codes have shape {q.shape}, the grid {grid.scale.shape}")
-    if q.min(initial=0) < 0 or q.max(initial=0) > grid.qmax:
+    if (q.min(initial=0) < 0 or q.max(initial=0) > grid.qmax
+            or (q.dtype.kind == "f" and not np.array_equal(q, np.round(q)))):
         raise ValueError(f"codes must be integers in 0..{grid.qmax}")
     codec = CODECS[grid.qtype]
     rows, nb = grid.header.shape[:2]
