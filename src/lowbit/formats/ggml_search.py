@@ -70,6 +70,7 @@ def first_min(x: np.ndarray) -> np.ndarray:
 
 
 def first_max(x: np.ndarray) -> np.ndarray:
+    """Maximum over axis 0 as llama.cpp's scan finds it."""
     return _first_zero(x, x.max(axis=0))
 
 
@@ -239,7 +240,8 @@ def affine_search(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: 
 def scale_search(x: np.ndarray, nmax: int, w: np.ndarray):
     """make_qp_quants: quantize non-negative values (a super-block's sub-scales or sub-mins) to
     0..nmax with one float scale: 9 trial scales by weighted error, then 5 refinement passes.
-    Codes follow C's uint8 storage (a negative code wraps, possible only for negative inputs). Returns (scale (B,), codes (n, B))."""
+    Codes follow C's uint8 storage (a negative code wraps; only negative inputs make one).
+    Returns (scale (B,), codes (n, B))."""
     mx = np.maximum(x.max(axis=0), F(0))
     live = ~(mx < GROUP_MAX_EPS)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
