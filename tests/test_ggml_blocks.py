@@ -225,6 +225,9 @@ def test_round_to_grid_is_nearest(qtype):
     best = np.abs(values - W2[..., None]).min(axis=-1)
     chosen = np.abs(np.take_along_axis(values, q[..., None], axis=-1)[..., 0] - W2)
     assert np.allclose(chosen, best, rtol=0, atol=1e-6 * np.abs(W2).max())
+    # one column at a time, as GPTQ rounds
+    for c in (0, 17, 255):
+        assert np.array_equal(gb.round_to_grid(grid, W2[:, c:c + 1], cols=slice(c, c + 1)), q[:, c:c + 1])
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_K, T.Q8_0, T.Q3_K])

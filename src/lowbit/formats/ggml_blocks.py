@@ -11,7 +11,7 @@ bench/ggml_reference/ generated from that C code.
 
 Grid interface, for methods that choose codes themselves (GPTQ on a k-quant grid):
   fit_grid(W, qtype, importance=None) -> BlockGrid   the grid quantize() would choose for W
-  round_to_grid(grid, W) -> codes                     plain nearest rounding on that fixed grid
+  round_to_grid(grid, W, cols=None) -> codes          plain nearest rounding on that fixed grid
   encode(grid, codes) -> uint8 blocks                 the exact block bytes for those codes
 with dequantize(encode(grid, q)) == grid.scale * q - grid.offset bit for bit.
 quantize() itself may pick codes that are not nearest on its final grid (llama.cpp rounds with
@@ -146,15 +146,19 @@ def fit_grid(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> B
     return BlockGrid(qtype, scale.reshape(rows, cols), offset.reshape(rows, cols), codec.qmax, header)
 
 
-def round_to_grid(grid: BlockGrid, W: np.ndarray) -> np.ndarray:
-    """Nearest code on the fixed grid, clamped to 0..qmax; uint8 (rows, cols). Where a
-    sub-block's scale is zero every code gives the same value, and 0 is returned."""
+def round_to_grid(grid: BlockGrid, W: np.ndarray, cols: slice | None = None) -> np.ndarray:
+    """Nearest code on the fixed grid, clamped to 0..qmax; uint8 shaped like W. Where a
+    sub-block's scale is zero every code gives the same value, and 0 is returned.
+    cols picks the grid's columns W stands for (GPTQ rounds one column at a time)."""
+    scale, offset = grid.scale, grid.offset
+    if cols is not None:
+        scale, offset = scale[:, cols], offset[:, cols]
     W = np.asarray(W, dtype=np.float64)
-    if W.shape != grid.scale.shape:
-        raise ValueError(f"W has shape {W.shape}, the grid {grid.scale.shape}")
-    scale = grid.scale.astype(np.float64)
+    if W.shape != scale.shape:
+        raise ValueError(f"W has shape {W.shape}, the grid (columns) {scale.shape}")
+    scale = scale.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.rint((W + grid.offset) / scale)
+        q = np.rint((W + offset) / scale)
     q = np.where(scale != 0, q, 0)
     return np.clip(q, 0, grid.qmax).astype(np.uint8)
 
