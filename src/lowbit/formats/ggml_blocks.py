@@ -56,8 +56,8 @@ def block_size(qtype: T) -> int:
 def _check_type(qtype) -> T:
     qtype = T(qtype)
     if qtype not in SUPPORTED:   # NotImplementedError, as gguf-py says it
-        raise NotImplementedError(f"GGML type {qtype.name} is not supported; use one of "
-                         + " ".join(t.name for t in SUPPORTED))
+        supported = " ".join(t.name for t in SUPPORTED)
+        raise NotImplementedError(f"GGML type {qtype.name} is not supported; use one of {supported}")
     return qtype
 
 
