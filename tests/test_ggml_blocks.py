@@ -3,7 +3,9 @@ gguf-py's dequantizer (every type), gguf-py's quantizer (legacy types), and byte
 llama.cpp's own C code wrote (tests/data/ggml_golden, made by bench/ggml_reference)."""
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 from pathlib import Path
 
 import gguf
@@ -172,6 +174,30 @@ def test_bytes_equal_llama_cpp(golden):
                 report.append(f"{key}/{name}: {same.mean():.4f} blocks equal, "
                               f"squared error {e_ours:.6g} vs llama.cpp {e_c:.6g}")
     assert not report, "\n".join(report)
+
+
+def _installed_llama_cpp():
+    """libggml-base from the llama.cpp peer venv (llama-cpp-python built from source), if any."""
+    peer = Path(os.environ.get("LOWBIT_LLAMACPP_PYTHON", "/work/peers/venv-llamacpp/bin/python"))
+    found = sorted(peer.parent.parent.glob("lib/python3*/site-packages/llama_cpp/lib/libggml-base.so"))
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(_installed_llama_cpp() is None, reason="llama.cpp peer venv not found")
+def test_bytes_equal_an_installed_llama_cpp(golden):
+    """A second, independently built llama.cpp: its ggml_quantize_chunk on the fixture inputs."""
+    fn = ctypes.CDLL(str(_installed_llama_cpp())).ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_void_p]
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)
+    for qtype in BLOCK_TYPES:
+        bs, ts = GGML_QUANT_SIZES[qtype]
+        for i, x in enumerate(golden["x"]):
+            for imp in (None, golden["importance"][i]):
+                want = np.zeros((x.shape[0], x.shape[1] // bs * ts), np.uint8)
+                fn(int(qtype), ptr(x), ptr(want), 0, x.shape[0], x.shape[1], None if imp is None else ptr(imp))
+                assert np.array_equal(gb.quantize(x, qtype, imp), want), (qtype.name, str(golden["names"][i]))
 
 
 # ---- 4. grid interface
