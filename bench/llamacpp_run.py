@@ -7,6 +7,7 @@ imported by lowbit. One JSON request on stdin, one JSON answer on stdout.
       -> {name: {"nll", "kld", "top1", "tokens", "seconds"}} (sums over predicted tokens; the
          reference runs once per window, every model sees the same windows)
   {"op": "chat", "model": PATH, "messages": [...], "max_tokens": N} -> {"text": ...}
+  {"op": "tokenize", "model": PATH, "text": STR} -> {"ids": [...]} (no BOS, special tokens as text)
   {"op": "quantize", "src": PATH, "dst": PATH, "ftype": "Q4_K_M"} -> {"seconds": s}
   {"op": "plan", "src": PATH, "ftype": "Q4_K_M"} -> {tensor: type} llama.cpp's quantizer would convert
       (a dry run; tensors it copies unchanged are left out)
@@ -73,6 +74,11 @@ def op_chat(req):
     return {"text": r["choices"][0]["message"]["content"]}
 
 
+def op_tokenize(req):
+    llm = llama_cpp.Llama(model_path=req["model"], vocab_only=True, verbose=False)
+    return {"ids": llm.tokenize(req["text"].encode("utf-8"), add_bos=False, special=False)}
+
+
 def op_quantize(req):
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{req['ftype']}")
@@ -106,5 +112,5 @@ def op_plan(req):
 if __name__ == "__main__":
     req = json.load(sys.stdin)
     ans = {"logits": op_logits, "eval": op_eval, "chat": op_chat, "quantize": op_quantize,
-           "plan": op_plan}[req["op"]](req)
+           "plan": op_plan, "tokenize": op_tokenize}[req["op"]](req)
     json.dump(ans, sys.stdout)

@@ -214,6 +214,9 @@ def test_metadata_and_tokenizer(tmp_path, tiny_tok):
     assert "im_start" in f["tokenizer.chat_template"]
     assert r.fields["tokenizer.ggml.tokens"].contents()[:3] == [tiny_tok.convert_ids_to_tokens(i) for i in range(3)]
     assert len(r.fields["tokenizer.ggml.merges"].data) > 200
+    _, tok = read_gguf(out)
+    text = "The quick brown fox: lowbit writes GGUF 2026."
+    assert tok(text)["input_ids"] == tiny_tok(text)["input_ids"] and tok.decode(tok(text)["input_ids"]) == text
 
 
 def test_kquant_blocks_passed_through(tmp_path, tiny_tok):
@@ -335,6 +338,22 @@ def test_llamacpp_f16_matches_float_and_mix(default_files):
         ours = {names[hf]: t.name.lower() for hf, t in plan_types(loaded.model, ft).items()}
         assert {k: v for k, v in ours.items() if k in theirs} == theirs, ft
         assert len(theirs) == 211
+
+
+@needs_llamacpp
+def test_reader_tokenizes_like_llamacpp(default_files):
+    """read_gguf's tokenizer splits the evaluation text into llama.cpp's ids (SmolLM: digits one by
+    one) and keeps the file's add_bos_token = false."""
+    from lowbit.calibration.text import default_text
+    from lowbit.io.gguf_reader import gguf_tokenizer
+
+    _, files = default_files
+    text = default_text("eval")[:20000]
+    tok = gguf_tokenizer(open_gguf(files["Q8_0"]))
+    theirs = run_peer({"op": "tokenize", "model": str(files["Q8_0"]), "text": text})["ids"]
+    assert tok(text, add_special_tokens=False)["input_ids"] == theirs
+    assert tok("Hello 2026")["input_ids"] == tok("Hello 2026", add_special_tokens=False)["input_ids"]
+    assert len(tok("2026", add_special_tokens=False)["input_ids"]) == 4
 
 
 @needs_llamacpp

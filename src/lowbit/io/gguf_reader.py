@@ -213,5 +213,40 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
     model.tie_weights()
     tokenizer = None
     if with_tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = gguf_tokenizer(r)
+        if tokenizer is None:  # other vocabularies: transformers' converter (slower, sometimes lossy)
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model.eval(), tokenizer
+
+
+_DIGITS_FIRST = {"smollm": True, "gpt-2": False}  # llama.cpp pre-tokenizers that are GPT-2's regex (+ digits)
+
+
+def gguf_tokenizer(r: gguf.GGUFReader):
+    """An HF fast tokenizer that splits text as llama.cpp does, for byte-level BPE ("gpt2")
+    vocabularies with the GPT-2 pre-tokenizer; None for others. Flags (add_bos) as the file says."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre = _meta(r, "tokenizer.ggml.pre", "default")
+    if _meta(r, "tokenizer.ggml.model") != "gpt2" or pre not in _DIGITS_FIRST:
+        return None
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    merges = [tuple(m.split(" ", 1)) for m in r.fields["tokenizer.ggml.merges"].contents()]
+    tk = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                        if _DIGITS_FIRST[pre] else byte_level)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                           for t, ty in zip(tokens, types) if ty == gguf.TokenType.CONTROL])
+    tk.add_tokens([AddedToken(t, normalized=False) for t, ty in zip(tokens, types) if ty == gguf.TokenType.USER_DEFINED])
+    ids = {k: _meta(r, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
+    tok = {k: tokens[i] if i is not None and 0 <= i < len(tokens) else None for k, i in ids.items()}
+    if _meta(r, "tokenizer.ggml.add_bos_token", False) and tok["bos"] is not None:
+        tk.post_processor = processors.TemplateProcessing(single=f"{tok['bos']} $A", pair=f"{tok['bos']} $A $B",
+                                                          special_tokens=[(tok["bos"], ids["bos"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=tok["bos"], eos_token=tok["eos"],
+                                   unk_token=tok["unknown"], pad_token=tok["padding"],
+                                   chat_template=_meta(r, "tokenizer.chat_template"))
