@@ -52,7 +52,7 @@ class MixModel:
     has_importance: bool = False  # an importance matrix is used (changes Q4_0/Q5_0 ffn_down)
 
 
-def file_type(name: str) -> tuple[F, T]:
+def parse_file_type(name: str) -> tuple[F, T]:
     key = name.upper()
     if key not in FILE_TYPES:
         raise LowbitError(f"GGUF file type {name!r} is not supported: use one of {', '.join(FILE_TYPES)}")
@@ -142,7 +142,7 @@ def fallback(t: T, cols: int) -> T:
 
 def tensor_type(gguf_name: str, shape, ftype: str, m: MixModel) -> T:
     """The GGML type of one tensor (shape in HF order: rows, cols)."""
-    _, base = file_type(ftype)
+    _, base = parse_file_type(ftype)
     if not quantizable(gguf_name, shape):
         return T.F32
     if base in FLOAT_TYPES:
@@ -171,14 +171,14 @@ def _cfg(config, key, default=None):
     return getattr(config, key, default)
 
 
-def plan_types(source, file_type_name: str = "Q4_K_M", config=None,
+def plan_types(source, file_type: str = "Q4_K_M", config=None,
                has_importance: bool = False) -> dict[str, T]:
     """{hf_tensor_name: GGMLQuantizationType} for every tensor the GGUF file will hold.
 
     source: an HF model, or {hf_name: shape} (then `config`, an HF config or dict, gives
     model_type / num_attention_heads / num_key_value_heads / num_hidden_layers; a tied
     lm_head is simply left out of the dict)."""
-    file_type(file_type_name)
+    parse_file_type(file_type)
     if isinstance(source, torch.nn.Module):
         shapes, config = _from_model(source)
     else:
@@ -194,4 +194,4 @@ def plan_types(source, file_type_name: str = "Q4_K_M", config=None,
     m = MixModel(n_layer=n_layer, n_gqa=n_head // n_kv, tied="output.weight" not in names.values(),
                  is_70b=(arch in ("llama", "qwen2") and n_layer == 80 and (arch == "qwen2" or n_kv != n_head)),
                  has_importance=has_importance)
-    return {hf: tensor_type(g, shapes[hf], file_type_name, m) for hf, g in names.items()}
+    return {hf: tensor_type(g, shapes[hf], file_type, m) for hf, g in names.items()}

@@ -22,17 +22,17 @@ from lowbit import __version__
 from lowbit.errors import LowbitError
 from lowbit.formats import ggml_blocks
 from lowbit.io.atomic import check_output
-from lowbit.io.gguf_mixes import file_type, plan_types, row_bytes
+from lowbit.io.gguf_mixes import parse_file_type, plan_types, row_bytes
 from lowbit.io.gguf_names import gguf_arch, gguf_names, permute_qk, qk_heads
 
 log = logging.getLogger(__name__)
 Blocks = dict[str, tuple[np.ndarray, T]]
 
 
-def write_gguf(out_path, model, tokenizer, file_type_name: str = "Q4_K_M", blocks: Blocks | None = None,
+def write_gguf(out_path, model, tokenizer, file_type: str = "Q4_K_M", blocks: Blocks | None = None,
                importance: dict[str, np.ndarray] | None = None, overwrite: bool = False,
                source_gguf: Path | None = None) -> Path:
-    """Write `model` (HF, float) as OUT_PATH in llama.cpp file type `file_type_name`.
+    """Write `model` (HF, float) as OUT_PATH in llama.cpp file type `file_type` ("Q4_K_M", "Q8_0", ...).
 
     blocks: {hf_name: (uint8 (rows, bytes_per_row) in HF row order, type)} used as is.
     importance: {hf_name: float (cols,)} passed to the block quantizer.
@@ -40,11 +40,11 @@ def write_gguf(out_path, model, tokenizer, file_type_name: str = "Q4_K_M", block
     (exact tokens, merges, pre-tokenizer and flags, which an HF round trip may lose)."""
     out = Path(out_path)
     check_output(out, overwrite)
-    ftype, _ = file_type(file_type_name)
+    ftype, _ = parse_file_type(file_type)
     cfg = model.config
     arch = gguf_arch(getattr(cfg, "model_type", None))
     blocks, importance = blocks or {}, importance or {}
-    plan = plan_types(model, file_type_name, has_importance=bool(importance))
+    plan = plan_types(model, file_type, has_importance=bool(importance))
     names = gguf_names(cfg.model_type, plan, cfg.num_hidden_layers)
     unknown = set(blocks) - set(plan)
     if unknown:
