@@ -134,6 +134,11 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
         if settings is None or len(t) != 3:
             raise ValueError(f"{mod}: incomplete AWQ tensors (qweight, qzeros, scales)")
         group = int(settings["group_size"])
+        if any(v.ndim != 2 for v in t.values()) or t["qweight"].shape[1] != t["qzeros"].shape[1] \
+                or t["qweight"].shape[1] * PER_WORD != t["scales"].shape[1] \
+                or t["qzeros"].shape[0] != t["scales"].shape[0]:
+            raise ValueError(f"{mod}: qweight, qzeros and scales shapes do not agree "
+                             f"{[tuple(v.shape) for v in t.values()]}")
         q = _unpack_nibbles(t["qweight"]).t().contiguous()  # (out, in)
         out, inp = q.shape
         zero = _unpack_nibbles(t["qzeros"]).t().float().contiguous()  # (out, ng)

@@ -168,14 +168,23 @@ def module_settings(name: str, qconfig: dict) -> dict | None:
 
 def unpack_tensor(name: str, t: dict[str, torch.Tensor], settings: dict, zero_offset: int) -> QuantizedTensor:
     bits, group = int(settings["bits"]), int(settings["group_size"])
+    if bits not in BITS:
+        raise ValueError(f"{name}: GPTQ with {bits} bits: lowbit reads 2, 3, 4 and 8")
     scales = t["scales"].float()  # (ng, out)
+    if scales.ndim != 2 or t["qweight"].ndim != 2 or t["qzeros"].ndim != 2:
+        raise ValueError(f"{name}: qweight, qzeros and scales must be 2-D")
     out = scales.shape[1]
     inp = t["g_idx"].numel() if "g_idx" in t else t["qweight"].shape[0] * WORD // bits
+    if t["qweight"].shape[1] != out or t["qzeros"].shape[0] != scales.shape[0]:
+        raise ValueError(f"{name}: qweight {tuple(t['qweight'].shape)}, qzeros {tuple(t['qzeros'].shape)} "
+                         f"and scales {tuple(scales.shape)} do not agree")
     q = unpack_stream(t["qweight"], bits, inp, dim=0).t().contiguous()  # (out, in)
     stored = unpack_stream(t["qzeros"], bits, out, dim=1).to(torch.int64)
     zero = ((stored + zero_offset) % 2**bits).t().float().contiguous()  # (out, ng)
     natural = column_groups(inp, group)
     g_idx = t["g_idx"].long() if "g_idx" in t else natural
+    if g_idx.numel() and (int(g_idx.min()) < 0 or int(g_idx.max()) >= scales.shape[0]):
+        raise ValueError(f"{name}: g_idx points outside the {scales.shape[0]} groups")
     act_order = not torch.equal(g_idx, natural)
     half = 2 ** (bits - 1)
     symmetric = bool(settings.get("sym", True)) and bool((zero == half).all())
