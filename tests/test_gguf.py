@@ -252,6 +252,9 @@ def test_output_refused_and_errors(tmp_path, tiny_tok):
     with pytest.raises(LowbitError, match="already exists"):
         write_gguf(out, model, tiny_tok, "Q8_0")
     write_gguf(out, model, tiny_tok, "Q4_0", overwrite=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # permissions like any file written with open()
     assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 2
     from tests.tiny import tiny_model
     with pytest.raises(LowbitError, match="cannot be written as GGUF"):

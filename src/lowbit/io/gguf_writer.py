@@ -53,9 +53,7 @@ def write_gguf(out_path, model, tokenizer, file_type: str = "Q4_K_M", blocks: Bl
     state = model.state_dict()
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # same directory: the rename is atomic
     try:
         w = gguf.GGUFWriter(tmp, arch)
         _add_model_metadata(w, model, arch, ftype)
