@@ -30,7 +30,7 @@ def _stored_scales(model, tensors):
 
 def _write(tmp_path, tokenizer, spec, fmt, calib=None, fit=True):
     model = tiny_model("llama", vocab=VOCAB)
-    writer = {"gptq": gptq_v1, "awq": awq_gemm}[fmt]
+    writer = {"gptq": gptq_v1, "gptq-v2": gptq_v1, "awq": awq_gemm}[fmt]
     result = quantize_model(model, spec, calib, fit_layout=writer.fit_layout if fit else None)
     _stored_scales(model, result.tensors)
     out = tmp_path / fmt
@@ -49,8 +49,9 @@ def _bits_at(words: np.ndarray, offset: int, nbits: int) -> np.ndarray:
     return value
 
 
-def numpy_gptq_weight(st: dict, name: str, bits: int) -> np.ndarray:
-    """w[o, i] = scales[g, o] * (q[i, o] - (qzeros field[g, o] + 1) mod 2**b), g = g_idx[i]."""
+def numpy_gptq_weight(st: dict, name: str, bits: int, offset: int = 1) -> np.ndarray:
+    """w[o, i] = scales[g, o] * (q[i, o] - (qzeros field[g, o] + 1) mod 2**b), g = g_idx[i]
+    (v1; v2 stores the zero point itself: offset 0)."""
     qweight = st[f"{name}.qweight"].view(np.uint32)  # (words down the input axis, out)
     qzeros = st[f"{name}.qzeros"].view(np.uint32).T  # (words along the output axis, groups)
     scales = st[f"{name}.scales"].astype(np.float64)  # (groups, out)
@@ -59,7 +60,7 @@ def numpy_gptq_weight(st: dict, name: str, bits: int) -> np.ndarray:
     assert qweight.shape == (-(-inp * bits // 32), out) and qweight.dtype == np.uint32
     assert qzeros.shape == (-(-out * bits // 32), ngroups) and st[f"{name}.scales"].dtype == np.float16
     q = np.stack([_bits_at(qweight, i * bits, bits) for i in range(inp)])  # (in, out)
-    zeros = np.stack([(_bits_at(qzeros, o * bits, bits) + 1) % 2**bits for o in range(out)], axis=1)
+    zeros = np.stack([(_bits_at(qzeros, o * bits, bits) + offset) % 2**bits for o in range(out)], axis=1)
     return ((q - zeros[g_idx]) * scales[g_idx]).T  # (out, in)
 
 
@@ -228,3 +229,21 @@ def test_gptq_per_tensor_codes_are_stored_as_equal_channels(tmp_path):
                                  {"bits": 4, "group_size": -1, "sym": False}, 1)
     torch.testing.assert_close(back.dequantize(), qt.dequantize(), rtol=1e-3, atol=0)
     assert torch.equal(back.q, qt.q)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(bits=4, group_size=32, symmetric=False),
+                                  QuantSpec(bits=3, group_size=-1, symmetric=False)], ids=["w4g32a", "w3a"])
+def test_gptq_v2_stores_the_zero_point_itself(tmp_path, default_tokenizer, spec):
+    """gptq-v2: the same files with qzeros = zero (GPTQModel loads asymmetric v2 from anyone)."""
+    out, model, result = _write(tmp_path, default_tokenizer, spec, "gptq-v2")
+    st = load_file(str(out / "model.safetensors"))
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["checkpoint_format"] == "gptq_v2" and q["sym"] is False
+    for name, qt in result.tensors.items():
+        np.testing.assert_allclose(numpy_gptq_weight(st, name, spec.bits, offset=0),
+                                   qt.dequantize().double().numpy(), rtol=1e-6, atol=1e-7)
+    loaded = load_model(str(out))
+    assert loaded.meta["format"] == "gptq-v2"
+    ids = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, model(ids).logits, rtol=0, atol=0)

@@ -31,9 +31,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 # (format, lowbit preset): the default job (w4g64) first, then layouts that exercise more
-# of the files: asymmetric zero points (AWQ's qzeros order, GPTQ's -1), 3-bit interleave, 8 and 2 bits
-CHECKPOINTS = [("gptq", "w4g64"), ("awq", "w4g64"), ("gptq", "w4g64-asym"), ("awq", "w4g64-asym"),
-               ("gptq", "w3g64-asym"), ("gptq", "w8-asym"), ("gptq", "w2g64-asym")]
+# of the files: asymmetric zero points (AWQ's qzeros order; GPTQ v1's -1, which GPTQModel
+# only accepts from itself, and v2), the 3-bit interleave, 8 and 2 bits
+CHECKPOINTS = [("gptq", "w4g64"), ("awq", "w4g64"), ("gptq", "w4g64-asym"), ("gptq-v2", "w4g64-asym"),
+               ("awq", "w4g64-asym"), ("gptq", "w3g64"), ("gptq-v2", "w3g64-asym"), ("gptq", "w8"),
+               ("gptq", "w2g64")]
 PEER_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LAYERS = (0, 15, 29)  # whose dequantized weights are compared
 PROMPTS = [
@@ -184,6 +186,7 @@ def main():
     ap.add_argument("--reuse", action="store_true", help="keep an existing OUT/reference.safetensors")
     ap.add_argument("--dtypes", default="bfloat16,float16,float32")
     ap.add_argument("--only-main", action="store_true", help="only the w4g64 checkpoints")
+    ap.add_argument("--report", type=Path, help="also write the JSON report here (peers print to stdout too)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.make_reference:
@@ -194,7 +197,10 @@ def main():
         env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if "venv" not in p)
         subprocess.run([args.lowbit_python, __file__, "--make-reference", "--out", str(args.out)],
                        check=True, env=env)
-    print(json.dumps(run_peer(args.out, args.dtypes.split(","), args.only_main), indent=2))
+    report = json.dumps(run_peer(args.out, args.dtypes.split(","), args.only_main), indent=2)
+    if args.report:
+        args.report.write_text(report + "\n")
+    print(report)
 
 
 if __name__ == "__main__":

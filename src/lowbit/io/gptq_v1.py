@@ -15,6 +15,10 @@ Dequantization: w[o, i] = scales[g, o] * (q[i, o] - (stored_zero[g, o] + 1)), g 
 
 One bits / group size / sym for the whole model in quantization_config; modules that differ
 (per-module overrides) and Linears left in float go into GPTQModel's "dynamic" map.
+
+Also registered: "gptq-v2" (checkpoint_format "gptq_v2"), the same files with the zero point
+itself in qzeros. GPTQModel refuses asymmetric v1 files unless GPTQModel >= 0.9 wrote them
+(AutoGPTQ's asymmetric v1 zeros were corrupt); it loads v2 files from any producer.
 """
 from __future__ import annotations
 
@@ -104,7 +108,8 @@ def anchored(name: str) -> str:
     return "^" + re.escape(name) + "$"
 
 
-def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
+def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str],
+                        checkpoint_format: str = "gptq") -> dict:
     from lowbit import __version__
     keys = {name: _layout_key(qt) for name, qt in tensors.items()}
     counts = Counter(keys.values())
@@ -119,7 +124,7 @@ def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) 
         if name != "lm_head":
             dynamic["-:" + anchored(name)] = {}
     cfg = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": desc_act,
-           "sym": sym, **RUN_DEFAULTS, "checkpoint_format": "gptq", "format": "gptq",
+           "sym": sym, **RUN_DEFAULTS, "checkpoint_format": checkpoint_format, "format": checkpoint_format,
            "pack_dtype": "int32", "lm_head": "lm_head" in tensors,
            "meta": {"quantizer": [f"lowbit:{__version__}"], **RUN_DEFAULTS}}
     if dynamic:
@@ -129,7 +134,8 @@ def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) 
 
 # ---- write / read ---------------------------------------------------------------------------
 
-def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype, zero_offset: int = 1) -> dict[str, torch.Tensor]:
+    """zero_offset: what qzeros stores less than the zero point (1 in v1, 0 in v2)."""
     if qt.bits not in BITS:
         raise ValueError(f"{name}: GPTQ v1 holds 2, 3, 4 or 8-bit codes, not {qt.bits}")
     out, inp = qt.shape
@@ -137,7 +143,7 @@ def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str,
     if scale.shape[0] == 1:  # a per-tensor grid is a per-channel grid with equal rows
         scale, zero = scale.expand(out, -1), zero.expand(out, -1)
     zero = zero.round().to(torch.int64)
-    if not qt.symmetric and bool((zero == 0).any()):
+    if zero_offset and not qt.symmetric and bool((zero == 0).any()):
         # (0 - 1) mod 2**b is all ones: exact for field-wise readers (AutoGPTQ, GPTQModel's
         # 3-bit path, lowbit); GPTQModel's 2/4/8-bit loader adds 1 per word and carries it
         # into the neighbouring zero point, as for its own asymmetric v1 files
@@ -148,7 +154,7 @@ def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str,
         raise ValueError(f"{name}: a scale overflows float16")
     return {
         f"{name}.qweight": pack_stream(qt.q.t(), qt.bits, dim=0),
-        f"{name}.qzeros": pack_stream(((zero - 1) % 2**qt.bits).t(), qt.bits, dim=1),
+        f"{name}.qzeros": pack_stream(((zero - zero_offset) % 2**qt.bits).t(), qt.bits, dim=1),
         f"{name}.scales": scales,
         f"{name}.g_idx": qt.g_idx.to(torch.int32).contiguous(),
     }
@@ -226,9 +232,22 @@ def _checkpoint_format(qconfig: dict) -> str:
 
 
 def _detect(qconfig: dict) -> bool:
-    return qconfig.get("quant_method") == "gptq" and _checkpoint_format(qconfig) in ("gptq", "gptq_v2")
+    return qconfig.get("quant_method") == "gptq" and _checkpoint_format(qconfig) == "gptq"
+
+
+def _detect_v2(qconfig: dict) -> bool:
+    return qconfig.get("quant_method") == "gptq" and _checkpoint_format(qconfig) == "gptq_v2"
+
+
+def _pack_v2(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return pack_tensor(name, qt, dtype, zero_offset=0)
+
+
+def _config_v2(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
+    return quantization_config(tensors, ignore, checkpoint_format="gptq_v2")
 
 
 from lowbit.io.formats import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("gptq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors))
+register_format(CheckpointFormat("gptq-v2", fit_layout, _pack_v2, _config_v2, _detect_v2, read_tensors))
