@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-from transformers import LlamaConfig, Qwen2Config, Qwen3Config, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 from lowbit.errors import LowbitError
 from lowbit.formats import ggml_blocks
@@ -53,6 +53,7 @@ def tiny_llm(family="llama", hidden=256, vocab=512, seed=0):
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     cfg = {"llama": lambda: LlamaConfig(**common, tie_word_embeddings=True),
+           "mistral": lambda: MistralConfig(**common, sliding_window=None, tie_word_embeddings=False),
            "qwen2": lambda: Qwen2Config(**common, tie_word_embeddings=False),
            "qwen3": lambda: Qwen3Config(**common, head_dim=64, tie_word_embeddings=True)}[family]()
     torch.manual_seed(seed)
@@ -168,7 +169,7 @@ def test_permutation_roundtrip():
     assert not (permute_qk(x, 3) == x).all()
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
 def test_roundtrip_types(tmp_path, tiny_tok, family):
     model = tiny_llm(family)
     sd = model.state_dict()
@@ -178,7 +179,7 @@ def test_roundtrip_types(tmp_path, tiny_tok, family):
         out = write_gguf(tmp_path / f"{ft}.gguf", model, tiny_tok, ft)
         r = gguf.GGUFReader(out)
         assert r.fields["general.file_type"].contents() == int(gguf.LlamaFileType[f"MOSTLY_{ft}"])
-        assert r.fields["general.architecture"].contents() == {"llama": "llama"}.get(family, family)
+        assert r.fields["general.architecture"].contents() == {"mistral": "llama"}.get(family, family)
         by_name = {x.name: x for x in r.tensors}
         plan = plan_types(model, ft)
         names = gguf_names(model.config.model_type, plan, 2)
@@ -187,14 +188,15 @@ def test_roundtrip_types(tmp_path, tiny_tok, family):
             assert by_name[g].tensor_type == plan[hf]
         # the bytes are what the block quantizer makes of the (Llama: permuted) rows
         W = sd[q].numpy()
-        rows = permute_qk(W, 4) if family == "llama" else W
+        permuted = family in ("llama", "mistral")
+        rows = permute_qk(W, 4) if permuted else W
         want = rows.astype(np.float16) if t == T.F16 else ggml_blocks.quantize(rows, t)
         got = np.asarray(by_name["blk.1.attn_q.weight"].data)
         assert np.array_equal(got.view(np.uint8).reshape(-1), np.asarray(want).view(np.uint8).reshape(-1))
         # our reader sees the same tensors, dequantized and back in HF order
         back, _ = read_gguf(out, with_tokenizer=False)
         deq = gguf.quants.dequantize(np.asarray(want), t).reshape(W.shape)
-        deq = unpermute_qk(deq, 4) if family == "llama" else deq
+        deq = unpermute_qk(deq, 4) if permuted else deq
         assert torch.equal(back.state_dict()[q], torch.from_numpy(deq.astype(np.float32)))
         assert np.abs(deq - W).max() <= {T.Q4_0: 0.05, T.Q5_1: 0.02}.get(t, 0.005)
         assert back.config.tie_word_embeddings == model.config.tie_word_embeddings
@@ -286,12 +288,14 @@ def default_files(tmp_path_factory):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_0", "Q5_1", "Q4_K_M", "Q3_K_M", "Q2_K", "Q6_K"])
-def test_llamacpp_logits_match_dequantized(tmp_path, tiny_tok, ftype):
+@pytest.mark.parametrize("family,ftype", [("llama", t) for t in ("Q8_0", "Q4_0", "Q5_1", "Q4_K_M", "Q3_K_M",
+                                                                  "Q2_K", "Q6_K")]
+                         + [(f, "Q4_K_M") for f in ("mistral", "qwen2", "qwen3")])
+def test_llamacpp_logits_match_dequantized(tmp_path, tiny_tok, family, ftype):
     """llama.cpp's logits on our file match our dequantized model: mean |diff| at most 3 % of the mean
     |logit| (llama.cpp also rounds activations to 8 bits, so they are not equal), and for types below
     8 bits at most half the distance between the dequantized and the float model."""
-    model = tiny_llm()
+    model = tiny_llm(family)
     out = write_gguf(tmp_path / "m.gguf", model, tiny_tok, ftype)
     ids = tiny_tok("The quick brown fox jumps over the lazy dog. " * 3)["input_ids"]
     run_peer({"op": "logits", "model": str(out), "windows": [ids], "out": str(tmp_path / "lg")})
