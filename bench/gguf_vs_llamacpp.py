@@ -10,7 +10,11 @@ KL(P_float || P_file) per token, top-1 agreement with the float file.
         [--producer lowbit-rtn] [--peer-python /work/peers/venv-llamacpp/bin/python]
 
 Producers are pluggable: register_producer("name", fn) with
-fn(loaded, file_type, out_path, source_gguf) -> Path (loaded: lowbit.io.load.Loaded).
+fn(loaded, file_type, out_path, source_gguf) -> Path (loaded: lowbit.io.load.Loaded), called
+in a file given as --plugin FILE (run with register_producer and lowbit_rtn in its globals).
+E.g. a GPTQ producer quantizes loaded.model on the grids that
+gguf_mixes.plan_types(loaded.model, file_type) names and calls write_gguf(..., blocks=...).
+Several producers: --producer lowbit-rtn,gptq --plugin gptq_producer.py.
 """
 from __future__ import annotations
 
@@ -66,7 +70,8 @@ def main(argv=None) -> None:
     ap.add_argument("--types", default="Q8_0,Q4_K_M,Q3_K_M,Q2_K")
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--producer", default="lowbit-rtn", help=f"one of {', '.join(PRODUCERS)}")
+    ap.add_argument("--producer", default="lowbit-rtn", help="comma-separated registered producers")
+    ap.add_argument("--plugin", action="append", default=[], help="python file that calls register_producer")
     ap.add_argument("--peer-python", default="/work/peers/venv-llamacpp/bin/python")
     ap.add_argument("--work", default=None, help="directory for the GGUF files (default: a temporary one)")
     ap.add_argument("--json", action="store_true")
@@ -77,7 +82,13 @@ def main(argv=None) -> None:
     from lowbit.io.default_model import default_gguf
     from lowbit.io.load import load_model
 
-    produce = PRODUCERS[args.producer]
+    import runpy
+    for plugin in args.plugin:
+        runpy.run_path(plugin, init_globals={"register_producer": register_producer, "lowbit_rtn": lowbit_rtn})
+    producers = [p.strip() for p in args.producer.split(",") if p.strip()]
+    unknown = [p for p in producers if p not in PRODUCERS]
+    if unknown:
+        sys.exit(f"unknown producer {unknown[0]!r}: registered are {', '.join(PRODUCERS)}")
     types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
     work = Path(args.work or tempfile.mkdtemp(prefix="gguf-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -92,9 +103,10 @@ def main(argv=None) -> None:
         seconds[f"llama.cpp {t}"] = peer(args.peer_python, {"op": "quantize", "src": str(ref), "dst": str(out),
                                                             "ftype": t})["seconds"]
         files[f"llama.cpp {t}"] = out
-        t0 = time.time()
-        files[f"{args.producer} {t}"] = produce(loaded, t, work / f"{args.producer}-{t}.gguf", source)
-        seconds[f"{args.producer} {t}"] = time.time() - t0
+        for p in producers:
+            t0 = time.time()
+            files[f"{p} {t}"] = PRODUCERS[p](loaded, t, work / f"{p}-{t}.gguf", source)
+            seconds[f"{p} {t}"] = time.time() - t0
     t0 = time.time()
     res = peer(args.peer_python, {"op": "eval", "ref": str(ref), "windows": wins,
                                   "models": {k: str(v) for k, v in files.items()}})
@@ -112,17 +124,22 @@ def main(argv=None) -> None:
     print(f"float reference (F32 GGUF by lowbit): {ref_row['size_bytes'] / 1e6:.1f} MB, perplexity "
           f"{ref_row['perplexity']:.3f} on {ref_row['tokens']} tokens ({len(wins)} x {args.seqlen}); "
           f"evaluation by llama.cpp took {eval_s:.0f} s")
-    print(f"| type | llama.cpp MB | {args.producer} MB | llama.cpp ppl | {args.producer} ppl | llama.cpp KLD | "
-          f"{args.producer} KLD | llama.cpp top-1 | {args.producer} top-1 | size ratio | ppl ratio | KLD ratio | "
-          "quantize s (llama.cpp / lowbit) | identical tensors |")
+    for p in producers:
+        print_table(rows, files, types, p)
+
+
+def print_table(rows: dict, files: dict, types: list[str], p: str) -> None:
+    print(f"\n| type | llama.cpp MB | {p} MB | llama.cpp ppl | {p} ppl | llama.cpp KLD | {p} KLD | "
+          f"llama.cpp top-1 | {p} top-1 | size ratio | ppl ratio | KLD ratio | quantize s (llama.cpp / {p}) | "
+          "identical tensors |")
     print("|---" * 14 + "|")
     for t in types:
-        a, b = rows[f"llama.cpp {t}"], rows[f"{args.producer} {t}"]
+        a, b = rows[f"llama.cpp {t}"], rows[f"{p} {t}"]
         print(f"| {t} | {a['size_bytes'] / 1e6:.1f} | {b['size_bytes'] / 1e6:.1f} | {a['perplexity']:.3f} | "
               f"{b['perplexity']:.3f} | {a['kld']:.4f} | {b['kld']:.4f} | {a['top1']:.3f} | {b['top1']:.3f} | "
               f"{b['size_bytes'] / a['size_bytes']:.3f} | {b['perplexity'] / a['perplexity']:.3f} | "
               f"{b['kld'] / max(a['kld'], 1e-12):.3f} | {a['quantize_s']:.1f} / {b['quantize_s']:.1f} | "
-              "%d / %d |" % identical_tensors(files[f"llama.cpp {t}"], files[f"{args.producer} {t}"]))
+              "%d / %d |" % identical_tensors(files[f"llama.cpp {t}"], files[f"{p} {t}"]))
 
 
 if __name__ == "__main__":

@@ -169,13 +169,23 @@ def test_permutation_roundtrip():
     assert not (permute_qk(x, 3) == x).all()
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
-def test_roundtrip_types(tmp_path, tiny_tok, family):
+# default type of q_proj/k_proj at each file type (256-wide rows: no fallback) and the largest
+# relative RMS error of its dequantized weights on N(0, 0.05) weights
+KINDS = {"F16": (T.F16, 0.001), "BF16": (T.BF16, 0.005), "Q8_0": (T.Q8_0, 0.01), "Q5_1": (T.Q5_1, 0.05),
+         "Q5_0": (T.Q5_0, 0.06), "Q4_1": (T.Q4_1, 0.1), "Q4_0": (T.Q4_0, 0.12), "Q6_K": (T.Q6_K, 0.03),
+         "Q5_K_S": (T.Q5_K, 0.05), "Q4_K_S": (T.Q4_K, 0.1), "Q3_K_S": (T.Q3_K, 0.25), "Q2_K": (T.Q2_K, 0.5)}
+
+
+@pytest.mark.parametrize("family,ftypes", [("llama", list(KINDS))] + [(f, ["Q8_0", "Q4_K_S"]) for f in
+                                                                       ("mistral", "qwen2", "qwen3")])
+def test_roundtrip_types(tmp_path, tiny_tok, family, ftypes):
+    """gguf-py and our reader see the tensors, types and bytes the writer meant: the block quantizer's
+    bytes of the (Llama: permuted) rows, dequantized by gguf-py back in HF row order."""
     model = tiny_llm(family)
     sd = model.state_dict()
-    q = "model.layers.1.self_attn.q_proj.weight"
-    kinds = {"Q8_0": T.Q8_0, "Q4_0": T.Q4_0, "Q5_1": T.Q5_1, "F16": T.F16, "BF16": T.BF16}
-    for ft, t in kinds.items():
+    permuted = family in ("llama", "mistral")
+    for ft in ftypes:
+        t, max_err = KINDS[ft]
         out = write_gguf(tmp_path / f"{ft}.gguf", model, tiny_tok, ft)
         r = gguf.GGUFReader(out)
         assert r.fields["general.file_type"].contents() == int(gguf.LlamaFileType[f"MOSTLY_{ft}"])
@@ -186,19 +196,18 @@ def test_roundtrip_types(tmp_path, tiny_tok, family):
         assert set(by_name) == set(names.values())
         for hf, g in names.items():
             assert by_name[g].tensor_type == plan[hf]
-        # the bytes are what the block quantizer makes of the (Llama: permuted) rows
-        W = sd[q].numpy()
-        permuted = family in ("llama", "mistral")
-        rows = permute_qk(W, 4) if permuted else W
-        want = rows.astype(np.float16) if t == T.F16 else ggml_blocks.quantize(rows, t)
-        got = np.asarray(by_name["blk.1.attn_q.weight"].data)
-        assert np.array_equal(got.view(np.uint8).reshape(-1), np.asarray(want).view(np.uint8).reshape(-1))
-        # our reader sees the same tensors, dequantized and back in HF order
         back, _ = read_gguf(out, with_tokenizer=False)
-        deq = gguf.quants.dequantize(np.asarray(want), t).reshape(W.shape)
-        deq = unpermute_qk(deq, 4) if permuted else deq
-        assert torch.equal(back.state_dict()[q], torch.from_numpy(deq.astype(np.float32)))
-        assert np.abs(deq - W).max() <= {T.Q4_0: 0.05, T.Q5_1: 0.02}.get(t, 0.005)
+        for proj, heads in (("q_proj", 4), ("k_proj", 2)):
+            hf = f"model.layers.1.self_attn.{proj}.weight"
+            W = sd[hf].numpy()
+            rows = permute_qk(W, heads) if permuted else W
+            want = np.asarray(rows.astype(np.float16) if t == T.F16 else ggml_blocks.quantize(rows, t))
+            got = np.asarray(by_name[names[hf]].data)
+            assert plan[hf] == t and np.array_equal(got.view(np.uint8).reshape(-1), want.view(np.uint8).reshape(-1))
+            deq = gguf.quants.dequantize(want, t).reshape(W.shape)
+            deq = unpermute_qk(deq, heads) if permuted else deq
+            assert torch.equal(back.state_dict()[hf], torch.from_numpy(deq.astype(np.float32)))
+            assert np.sqrt(((deq - W) ** 2).mean() / (W ** 2).mean()) <= max_err, (ft, proj)
         assert back.config.tie_word_embeddings == model.config.tie_word_embeddings
         for key in ("num_key_value_heads", "intermediate_size", "rope_theta", "rms_norm_eps", "vocab_size"):
             assert getattr(back.config, key) == pytest.approx(getattr(model.config, key))
@@ -285,6 +294,18 @@ def default_files(tmp_path_factory):
     files = {ft: write_gguf(d / f"smol-{ft}.gguf", loaded.model, loaded.tokenizer, ft, source_gguf=default_gguf())
              for ft in ("F16", "Q8_0")}
     return loaded, files
+
+
+def test_source_gguf_vocabulary_copied(default_files):
+    from lowbit.io.default_model import default_gguf
+
+    _, files = default_files
+    src, ours = gguf.GGUFReader(default_gguf()), gguf.GGUFReader(files["Q8_0"])
+    keys = [k for k in src.fields if k.startswith("tokenizer.") or k == "general.license"]
+    assert "tokenizer.ggml.merges" in keys and "tokenizer.chat_template" in keys
+    for k in keys:
+        assert ours.fields[k].contents() == src.fields[k].contents(), k
+    assert ours.fields["tokenizer.ggml.add_bos_token"].contents() is False
 
 
 @needs_llamacpp

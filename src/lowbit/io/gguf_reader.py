@@ -183,7 +183,10 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
     path = Path(path)
     r = open_gguf(path)
     config = gguf_config(r, path)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights():  # every weight is overwritten below (missing ones raise)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = model.state_dict()
     arch = _meta(r, "general.architecture")
     names = {g: hf for hf, g in gguf_names(config.model_type, state, config.num_hidden_layers).items()}

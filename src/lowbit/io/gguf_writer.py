@@ -176,12 +176,16 @@ def _extra_tensors(cfg, arch: str):
     return [("rope_freqs.weight", factors.astype(np.float32))]
 
 
+_COPIED = ("tokenizer.", "general.organization", "general.basename", "general.finetune", "general.size_label",
+           "general.license", "general.languages")  # the vocabulary and who made the model, not how it was stored
+
+
 def _copy_tokenizer(w: gguf.GGUFWriter, source: Path) -> None:
     from lowbit.io.gguf_reader import open_gguf
 
     r = open_gguf(source)
     for key, field in r.fields.items():
-        if not key.startswith("tokenizer."):
+        if not key.startswith(_COPIED) or key in w.kv_data[0]:
             continue
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
