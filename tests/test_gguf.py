@@ -267,7 +267,7 @@ def test_output_refused_and_errors(tmp_path, tiny_tok):
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # permissions like any file written with open()
     assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 2
-    from tests.tiny import tiny_model
+    from tiny import tiny_model
     with pytest.raises(LowbitError, match="cannot be written as GGUF"):
         write_gguf(tmp_path / "opt.gguf", tiny_model("opt"), tiny_tok, "Q8_0")
     data = out.read_bytes()
@@ -296,6 +296,7 @@ def default_files(tmp_path_factory):
     return loaded, files
 
 
+@pytest.mark.slow
 def test_source_gguf_vocabulary_copied(default_files):
     from lowbit.io.default_model import default_gguf
 
@@ -348,6 +349,7 @@ def test_llamacpp_quantizer_writes_the_same_file(tmp_path, tiny_tok, ftype):
         assert np.array_equal(np.asarray(a[k].data).view(np.uint8), np.asarray(b[k].data).view(np.uint8)), k
 
 
+@pytest.mark.slow
 @needs_llamacpp
 def test_llamacpp_f16_matches_float_and_mix(default_files):
     """Default model: llama.cpp's logits on our F16 file match the float model, and llama.cpp's own
@@ -368,6 +370,7 @@ def test_llamacpp_f16_matches_float_and_mix(default_files):
         assert len(theirs) == 211
 
 
+@pytest.mark.slow
 @needs_llamacpp
 def test_reader_tokenizes_like_llamacpp(default_files):
     """read_gguf's tokenizer splits the evaluation text into llama.cpp's ids (SmolLM: digits one by
@@ -384,6 +387,7 @@ def test_reader_tokenizes_like_llamacpp(default_files):
     assert len(tok("2026", add_special_tokens=False)["input_ids"]) == 4
 
 
+@pytest.mark.slow
 @needs_llamacpp
 def test_llamacpp_chats(default_files):
     _, files = default_files

@@ -200,7 +200,11 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
         if hf is None:
             raise LowbitError(f"{path} has tensor {t.name} that a {arch} model does not: "
                               "the file is of another model variant")
-        W = gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
+        try:
+            W = gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
+        except NotImplementedError:
+            raise LowbitError(f"{path}: tensor {t.name} is {t.tensor_type.name}, which gguf-py cannot dequantize: "
+                              "re-export the file with another type (e.g. Q8_0 or Q4_K_M)") from None
         heads = qk_heads(arch, t.name, config.num_attention_heads, config.num_key_value_heads)
         if heads is not None:
             W = unpermute_qk(W, heads)
