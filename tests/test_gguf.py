@@ -281,6 +281,35 @@ def test_output_refused_and_errors(tmp_path, tiny_tok):
     check_header(out)
 
 
+def test_damaged_files_fail_with_one_line(tmp_path, tiny_tok):
+    """Truncations and byte flips in the header end in a LowbitError (or a readable model), never in
+    another exception; a flipped scale that makes Inf weights is caught too."""
+    import random
+
+    data = bytearray(write_gguf(tmp_path / "m.gguf", tiny_llm(), tiny_tok, "Q4_0").read_bytes())
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    header, q = r.data_offset, next(t for t in r.tensors if t.name == "blk.0.attn_q.weight")
+    rng, bad = random.Random(0), tmp_path / "bad.gguf"
+    for trial in range(120):
+        d = bytearray(data)
+        if trial % 3 == 0:
+            d = d[: rng.randrange(len(d))]
+        else:
+            for _ in range(rng.choice([1, 2, 4])):
+                d[rng.randrange(header)] = rng.randrange(256)
+        bad.write_bytes(d)
+        try:
+            read_gguf(bad, with_tokenizer=trial % 4 == 1)
+        except LowbitError as e:
+            assert "\n" not in str(e)
+    d = bytearray(data)
+    assert q.tensor_type == T.Q4_0
+    d[q.data_offset:q.data_offset + 2] = np.array([np.inf], np.float16).tobytes()  # the first block's scale
+    bad.write_bytes(d)
+    with pytest.raises(LowbitError, match="NaN or Inf"):
+        read_gguf(bad, with_tokenizer=False)
+
+
 # ---- llama.cpp itself ----
 
 @pytest.fixture(scope="module")

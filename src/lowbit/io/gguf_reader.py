@@ -58,7 +58,12 @@ def _walk(buf, size: int) -> None:
 
     def string() -> bytes:
         n = u64()
-        return bytes(buf[take(n):pos])
+        raw = bytes(buf[take(n):pos])
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Bad(f"a string at byte {pos - n} is not UTF-8") from None
+        return raw
 
     if size < 24 or bytes(buf[:4]) != b"GGUF":
         raise _Bad("no GGUF magic")
@@ -77,9 +82,7 @@ def _walk(buf, size: int) -> None:
             sub, count = u32(), u64()
             if sub == V.STRING:
                 for _ in range(count):
-                    take(u64())
-                    if pos > size:
-                        raise _Bad("string array too long")
+                    string()
             elif sub in _SCALAR:
                 take(count * _SCALAR[sub])
             else:
@@ -182,7 +185,10 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
 
     path = Path(path)
     r = open_gguf(path)
-    config = gguf_config(r, path)
+    try:
+        config = gguf_config(r, path)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise LowbitError(f"{path} has damaged model metadata ({str(e)[:120]}): re-download or re-export it") from None
     from transformers.modeling_utils import no_init_weights
 
     with no_init_weights():  # every weight is overwritten below (missing ones raise)
@@ -201,10 +207,14 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
             raise LowbitError(f"{path} has tensor {t.name} that a {arch} model does not: "
                               "the file is of another model variant")
         try:
-            W = gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
+            with np.errstate(all="ignore"):
+                W = gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
         except NotImplementedError:
             raise LowbitError(f"{path}: tensor {t.name} is {t.tensor_type.name}, which gguf-py cannot dequantize: "
                               "re-export the file with another type (e.g. Q8_0 or Q4_K_M)") from None
+        if not np.isfinite(W).all():
+            raise LowbitError(f"weight {t.name} in {path} contains NaN or Inf: the file is damaged, "
+                              "re-download or re-export it")
         heads = qk_heads(arch, t.name, config.num_attention_heads, config.num_key_value_heads)
         if heads is not None:
             W = unpermute_qk(W, heads)
@@ -220,7 +230,10 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
     model.tie_weights()
     tokenizer = None
     if with_tokenizer:
-        tokenizer = gguf_tokenizer(r)
+        try:
+            tokenizer = gguf_tokenizer(r)
+        except Exception as e:  # the tokenizers library raises plain Exception on a bad vocabulary
+            raise LowbitError(f"{path} has a damaged vocabulary ({str(e)[:120]}): re-download or re-export it") from None
         if tokenizer is None:  # other vocabularies: transformers' converter (slower, sometimes lossy)
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model.eval(), tokenizer
