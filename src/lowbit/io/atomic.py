@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from lowbit.errors import LowbitError
+from lowbit.io.file_checks import disk_full_errors
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -25,7 +26,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        yield tmp
+        with disk_full_errors(out):  # ENOSPC: one line, exit 2
+            yield tmp
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.rename(out, old)

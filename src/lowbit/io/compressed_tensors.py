@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 
 from lowbit.formats import QuantizedTensor, column_groups, pack_words, unpack_words
+from lowbit.io.file_checks import check_packed, check_safetensors
 from lowbit.spec import QuantSpec
 
 FORMAT = "pack-quantized"
@@ -133,6 +134,7 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
     files = sorted(Path(model_dir).glob("*.safetensors"))
     raw: dict[str, torch.Tensor] = {}
     for f in files:
+        check_safetensors(f)  # bounds-checked before the library parses it
         with safe_open(str(f), framework="pt") as fh:
             for k in fh.keys():
                 raw[k] = fh.get_tensor(k)
@@ -150,6 +152,7 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
         args = args_for(mod, qconfig)
         if args is None or "weight_packed" not in t:
             raise ValueError(f"{mod}: no quantization args in config.json for its packed weight")
+        check_packed(model_dir, mod, t, args)  # shapes agree before unpacking allocates
         tensors[mod] = unpack_tensor(mod, t, args)
     return tensors, plain
 

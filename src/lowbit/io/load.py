@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from lowbit.errors import LowbitError
+from lowbit.io import file_checks
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -69,15 +70,19 @@ def load_model(name: str | None = None, allow_pickle: bool = False, dtype=torch.
 
     if name in (None, "", "default"):
         path = default_model_dir()
-        return _load_hf_dir(path, allow_pickle, dtype)
+        with file_checks.reading(path):
+            return _load_hf_dir(path, allow_pickle, dtype)
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise LowbitError(f"GGUF file {path} does not exist: check the path")
-        model, tok = load_gguf(path, dtype)
+        with file_checks.reading(path):  # hostile files: bounds-check first, then one-line errors
+            file_checks.check_model_file(path, dtype.itemsize)
+            model, tok = load_gguf(path, dtype)
         return Loaded(model, tok, str(path.resolve()), "gguf")
     if path.is_dir():
-        return _load_hf_dir(path, allow_pickle, dtype)
+        with file_checks.reading(path):
+            return _load_hf_dir(path, allow_pickle, dtype)
     if path.exists():
         raise LowbitError(f"{path} is not a model: give a model directory (with config.json) or a .gguf file")
     if name.count("/") == 1 and not name.startswith((".", "/")) and not path.parent.exists():
@@ -91,6 +96,7 @@ def _load_hf_dir(path: Path, allow_pickle: bool, dtype) -> Loaded:
     if not (path / "config.json").is_file():
         raise LowbitError(f"{path} is not a model directory (no config.json): "
                           "give a Hugging Face model directory or a .gguf file")
+    file_checks.check_model_dir(path, dtype.itemsize)
     cfg = _read_config(path)
     if _is_quantized_dir(cfg):
         from lowbit.io.checkpoint import load_quantized
