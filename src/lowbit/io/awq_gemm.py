@@ -99,6 +99,8 @@ def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) 
            "modules_to_not_convert": sorted(n for n in ignore if n != "lm_head") or None}
     # a different group size on some modules (rows it does not divide): GPTQModel's map
     dynamic = {"+:" + anchored(n): {"group_size": g} for n, g in sorted(groups.items()) if g != group}
+    # GPTQModel reads float Linears from its "dynamic" map, transformers from modules_to_not_convert
+    dynamic.update({"-:" + anchored(n): {} for n in sorted(ignore) if n != "lm_head"})
     if dynamic:
         cfg["dynamic"] = dynamic
     return cfg
