@@ -61,21 +61,26 @@ def write_gguf(out_path, model, tokenizer, file_type: str = "Q4_K_M", blocks: Bl
             _copy_tokenizer(w, Path(source_gguf))
         else:
             _add_hf_tokenizer(w, tokenizer, cfg.vocab_size)
+        # tensor infos first, then one tensor at a time: peak memory is one quantized tensor
+        extra = _extra_tensors(cfg, arch)
+        types = {hf: T(blocks[hf][1]) if hf in blocks else plan[hf] for hf in names}
+        for hf in blocks:
+            if types[hf] != plan[hf]:
+                log.info("%s: using the given %s blocks where the mix asks for %s", hf, types[hf].name, plan[hf].name)
         for hf_name, g_name in names.items():
-            data, qtype = _tensor_bytes(hf_name, state[hf_name], plan[hf_name], blocks, importance)
-            heads = qk_heads(arch, g_name, cfg.num_attention_heads,
-                             getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-            if heads is not None:
-                data = permute_qk(data, heads)
-            if data.dtype == np.uint8:
-                w.add_tensor(g_name, data, raw_dtype=qtype)
-            else:
-                w.add_tensor(g_name, data)
-        for g_name, data in _extra_tensors(cfg, arch):
-            w.add_tensor(g_name, data)
+            _add_info(w, g_name, tuple(state[hf_name].shape), types[hf_name])
+        for g_name, data in extra:
+            _add_info(w, g_name, data.shape, T.F32)
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        for hf_name, g_name in names.items():
+            data, _ = _tensor_bytes(hf_name, state[hf_name], types[hf_name], blocks, importance)
+            heads = qk_heads(arch, g_name, cfg.num_attention_heads, n_kv)
+            w.write_tensor_data(permute_qk(data, heads) if heads is not None else data)
+        for _, data in extra:
+            w.write_tensor_data(data)
         w.close()
         os.replace(tmp, out)
     except BaseException:
@@ -84,13 +89,21 @@ def write_gguf(out_path, model, tokenizer, file_type: str = "Q4_K_M", blocks: Bl
     return out
 
 
+def _add_info(w: gguf.GGUFWriter, name: str, shape: tuple, qtype: T) -> None:
+    """Declare a tensor of HF shape (rows, cols) or (n,) stored as `qtype`."""
+    rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+    nbytes = rows * row_bytes(qtype, cols)
+    if qtype in (T.F32, T.F16):
+        w.add_tensor_info(name, shape, np.dtype(np.float32 if qtype == T.F32 else np.float16), nbytes)
+    else:
+        w.add_tensor_info(name, (rows, row_bytes(qtype, cols)), np.dtype(np.uint8), nbytes, raw_dtype=qtype)
+
+
 def _tensor_bytes(hf_name, tensor: torch.Tensor, qtype: T, blocks: Blocks, importance):
     """(array, type): float32/float16 arrays for float types, uint8 rows for block types."""
     if hf_name in blocks:
         data, given = blocks[hf_name]
         given = T(given)
-        if given != qtype:
-            log.info("%s: using the given %s blocks where the mix asks for %s", hf_name, given.name, qtype.name)
         rows, cols = tensor.shape
         if data.dtype != np.uint8 or data.shape != (rows, row_bytes(given, cols)):
             raise LowbitError(f"blocks for {hf_name} have shape {data.shape} {data.dtype}, expected "
