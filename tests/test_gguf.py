@@ -274,10 +274,10 @@ def test_output_refused_and_errors(tmp_path, tiny_tok):
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
     (tmp_path / "huge.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (2**60).to_bytes(8, "little") * 2)
     (tmp_path / "text.gguf").write_bytes(b"hello, not a model at all" * 4)
-    for name, words in (("cut", "outside the file"), ("huge", "cannot fit"), ("text", "no GGUF magic")):
+    for name, words in (("cut", "truncated"), ("huge", "more than its 24 bytes"), ("text", "not a GGUF file")):
         with pytest.raises(LowbitError, match=words) as e:
             read_gguf(tmp_path / f"{name}.gguf")
-        assert "\n" not in str(e.value) and "re-download" in str(e.value)
+        assert "\n" not in str(e.value)
     check_header(out)
 
 

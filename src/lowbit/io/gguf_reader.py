@@ -1,121 +1,31 @@
 """Read a GGUF file (any tensor type gguf-py dequantizes: F32/F16/BF16, legacy, k-quants,
 i-quants) into a float HF model and its tokenizer.
 
-The header is walked once with bounds checks before gguf-py maps the file, so a damaged
-or hostile file fails with one line instead of a huge allocation or a numpy error.
+The header is walked once with bounds checks (lowbit.io.gguf_check) before gguf-py maps the
+file, so a damaged or hostile file fails with one line instead of a huge allocation or a numpy error.
 """
 from __future__ import annotations
 
 import logging
-import struct
 from pathlib import Path
 
 import gguf
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType as V
 
 from lowbit.errors import LowbitError
 from lowbit.io.gguf_names import gguf_names, qk_heads, unpermute_qk
 
 log = logging.getLogger(__name__)
-_SCALAR = {int(k): n for k, n in {V.UINT8: 1, V.INT8: 1, V.UINT16: 2, V.INT16: 2, V.UINT32: 4, V.INT32: 4,
-                                  V.FLOAT32: 4, V.BOOL: 1, V.UINT64: 8, V.INT64: 8, V.FLOAT64: 8}.items()}
 _MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # GGUF arch -> HF model_type
 
 
-class _Bad(Exception):
-    pass
-
-
 def check_header(path: Path) -> None:
-    """Walk magic, key/values and tensor infos; every count and size must fit in the file."""
-    path = Path(path)
-    size = path.stat().st_size
-    buf = np.memmap(path, dtype=np.uint8, mode="r") if size else b""
-    try:
-        _walk(memoryview(buf), size)
-    except (_Bad, struct.error) as e:
-        msg = str(e) or "truncated header"
-        raise LowbitError(f"{path} is not a valid GGUF file ({msg}): re-download or re-export it") from None
+    """Magic, key/values and tensor infos walked with every count and length bounded by the file
+    size, before gguf-py maps it (lowbit.io.gguf_check, shared with the other readers)."""
+    from lowbit.io.gguf_check import check_gguf
 
-
-def _walk(buf, size: int) -> None:
-    pos = 0
-
-    def take(n: int) -> int:
-        nonlocal pos
-        if n < 0 or pos + n > size:
-            raise _Bad(f"a field at byte {pos} runs past the end of the file")
-        start, pos = pos, pos + n
-        return start
-
-    def u32() -> int:
-        return struct.unpack_from("<I", buf, take(4))[0]
-
-    def u64() -> int:
-        return struct.unpack_from("<Q", buf, take(8))[0]
-
-    def string() -> bytes:
-        n = u64()
-        raw = bytes(buf[take(n):pos])
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Bad(f"a string at byte {pos - n} is not UTF-8") from None
-        return raw
-
-    if size < 24 or bytes(buf[:4]) != b"GGUF":
-        raise _Bad("no GGUF magic")
-    take(4)
-    version = u32()
-    if version not in (2, 3):
-        raise _Bad(f"version {version}, lowbit reads versions 2 and 3")
-    n_tensors, n_kv = u64(), u64()
-    if n_tensors > size // 24 or n_kv > size // 13:
-        raise _Bad(f"{n_tensors} tensors and {n_kv} keys cannot fit in {size} bytes")
-    alignment = 32
-    for _ in range(n_kv):
-        key = string()
-        vtype = u32()
-        if vtype == V.ARRAY:
-            sub, count = u32(), u64()
-            if sub == V.STRING:
-                for _ in range(count):
-                    string()
-            elif sub in _SCALAR:
-                take(count * _SCALAR[sub])
-            else:
-                raise _Bad(f"key {key[:60]!r} has an array of unknown type {sub}")
-        elif vtype == V.STRING:
-            string()
-        elif vtype in _SCALAR:
-            start = take(_SCALAR[vtype])
-            if key == b"general.alignment" and vtype == V.UINT32:
-                alignment = struct.unpack_from("<I", buf, start)[0]
-        else:
-            raise _Bad(f"key {key[:60]!r} has unknown value type {vtype}")
-    if alignment == 0 or alignment & (alignment - 1):
-        raise _Bad(f"alignment {alignment} is not a power of two")
-    infos = []
-    for _ in range(n_tensors):
-        name = string()
-        n_dims = u32()
-        if not 1 <= n_dims <= 4:
-            raise _Bad(f"tensor {name[:60]!r} has {n_dims} dimensions")
-        dims = [u64() for _ in range(n_dims)]
-        ttype, offset = u32(), u64()
-        if ttype not in T._value2member_map_ or T(ttype) not in GGML_QUANT_SIZES:
-            raise _Bad(f"tensor {name[:60]!r} has unknown type {ttype}")
-        infos.append((name, dims, T(ttype), offset))
-    data_start = -(-pos // alignment) * alignment
-    for name, dims, ttype, offset in infos:
-        blk, tsize = GGML_QUANT_SIZES[ttype]
-        if dims[0] % blk:
-            raise _Bad(f"tensor {name[:60]!r} rows of {dims[0]} do not split into {ttype.name} blocks")
-        nbytes = dims[0] // blk * tsize * int(np.prod(dims[1:], dtype=np.float64))
-        if offset % alignment or data_start + offset + nbytes > size:
-            raise _Bad(f"tensor {name[:60]!r} data lies outside the file (truncated download?)")
+    check_gguf(path)
 
 
 def open_gguf(path) -> gguf.GGUFReader:
