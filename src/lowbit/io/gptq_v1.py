@@ -181,6 +181,8 @@ def unpack_tensor(name: str, t: dict[str, torch.Tensor], settings: dict, zero_of
         raise ValueError(f"{name}: qweight, qzeros and scales must be 2-D")
     out = scales.shape[1]
     inp = t["g_idx"].numel() if "g_idx" in t else t["qweight"].shape[0] * WORD // bits
+    if t["qweight"].dtype != torch.int32 or t["qzeros"].dtype != torch.int32:
+        raise ValueError(f"{name}: qweight and qzeros must be int32 words")
     if t["qweight"].shape[1] != out or t["qzeros"].shape[0] != scales.shape[0]:
         raise ValueError(f"{name}: qweight {tuple(t['qweight'].shape)}, qzeros {tuple(t['qzeros'].shape)} "
                          f"and scales {tuple(scales.shape)} do not agree")
@@ -217,6 +219,8 @@ def split_modules(model_dir: Path, suffixes: tuple) -> tuple[dict[str, dict], di
 def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTensor], dict[str, torch.Tensor]]:
     # v2 (GPTQModel's internal format) stores the zero point itself
     offset = 0 if _checkpoint_format(qconfig) == "gptq_v2" else 1
+    if str(qconfig.get("pack_dtype", "int32")) != "int32":
+        raise ValueError(f"GPTQ packed in {qconfig['pack_dtype']} words: lowbit reads int32 packing only")
     modules, plain = split_modules(model_dir, SUFFIXES)
     tensors = {}
     for mod, t in modules.items():
