@@ -127,7 +127,7 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
     base = {"bits": qconfig.get("bits", qconfig.get("w_bit", BITS)),
             "group_size": qconfig.get("group_size", qconfig.get("q_group_size", 128)),
             "dynamic": qconfig.get("dynamic")}
-    if int(base["bits"]) != BITS:
+    if base["bits"] != BITS:
         raise ValueError(f"AWQ GEMM checkpoint with {base['bits']} bits: lowbit reads 4-bit AWQ only")
     modules, plain = split_modules(model_dir, ("qweight", "qzeros", "scales"))
     tensors = {}
@@ -135,7 +135,9 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
         settings = module_settings(mod, base)
         if settings is None or len(t) != 3:
             raise ValueError(f"{mod}: incomplete AWQ tensors (qweight, qzeros, scales)")
-        group = int(settings["group_size"])
+        group = settings["group_size"]
+        if not isinstance(group, int):
+            raise ValueError(f"{mod}: quantization_config needs an integer group_size")
         if any(v.ndim != 2 for v in t.values()) or t["qweight"].shape[1] != t["qzeros"].shape[1] \
                 or t["qweight"].shape[1] * PER_WORD != t["scales"].shape[1] \
                 or t["qzeros"].shape[0] != t["scales"].shape[0]:

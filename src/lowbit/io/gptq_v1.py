@@ -33,6 +33,7 @@ from safetensors import safe_open
 
 from lowbit.errors import LowbitError
 from lowbit.formats import QuantizedTensor, column_groups
+from lowbit.io.file_checks import check_safetensors
 from lowbit.spec import QuantSpec
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,9 @@ def module_settings(name: str, qconfig: dict) -> dict | None:
 
 
 def unpack_tensor(name: str, t: dict[str, torch.Tensor], settings: dict, zero_offset: int) -> QuantizedTensor:
-    bits, group = int(settings["bits"]), int(settings["group_size"])
+    if not all(isinstance(settings.get(k), int) for k in ("bits", "group_size")):
+        raise ValueError(f"{name}: quantization_config needs integer bits and group_size")
+    bits, group = settings["bits"], settings["group_size"]
     if bits not in BITS:
         raise ValueError(f"{name}: GPTQ with {bits} bits: lowbit reads 2, 3, 4 and 8")
     scales = t["scales"].float()  # (ng, out)
@@ -206,6 +209,7 @@ def split_modules(model_dir: Path, suffixes: tuple) -> tuple[dict[str, dict], di
     modules: dict[str, dict[str, torch.Tensor]] = {}
     plain: dict[str, torch.Tensor] = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
+        check_safetensors(f)  # bounds-checked before the library parses it
         with safe_open(str(f), framework="pt") as fh:
             for k in fh.keys():
                 mod, _, suffix = k.rpartition(".")
