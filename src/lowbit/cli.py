@@ -117,6 +117,7 @@ def quantize(
     fmt: str = typer.Option("compressed-tensors", "--format", help="output format: compressed-tensors, gptq, awq"),
     resume: bool = typer.Option(False, help="continue a killed run from its per-layer checkpoints beside OUT"),
     checkpoint_seconds: float = typer.Option(60.0, help="save calibration activations for --resume at most this often"),
+    max_shard_bytes: int = typer.Option(2 << 30, help="split the output into safetensors shards of at most this size"),
     overwrite: bool = typer.Option(False, help="replace OUT if it exists"),
     allow_pickle: bool = typer.Option(False, help="allow loading pickle (.bin/.pt) weights"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate against the base model after"),
@@ -137,7 +138,8 @@ def quantize(
     with _Bars(not as_json) as bars:
         summary = api.quantize(model, spec, output, calib=calib, nsamples=nsamples, seqlen=seqlen,
                                seed=seed, overwrite=overwrite, allow_pickle=allow_pickle, progress=bars,
-                               format=fmt, resume=resume, checkpoint_seconds=checkpoint_seconds)
+                               format=fmt, resume=resume, checkpoint_seconds=checkpoint_seconds,
+                               max_shard_bytes=max_shard_bytes)
         loaded = summary.pop("loaded")
         if summary["layout_changes"] and not as_json:
             _print_layout_changes(summary["layout_changes"])
