@@ -35,8 +35,11 @@ def work_dir_for(out: Path) -> Path:
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from lowbit.io.file_checks import disk_full_errors
+
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with disk_full_errors(path.parent):  # a full disk is one line; --resume continues after freeing space
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
