@@ -92,6 +92,11 @@ GPTQ_SPECS = [QuantSpec(bits=b, group_size=g, symmetric=s)
                               (4, -1, True), (8, 64, False), (8, -1, True), (2, -1, True)]]
 
 
+def _assert_same_grid_and_codes(back, qt):
+    for field in ("q", "zero", "scale", "g_idx"):
+        assert torch.equal(getattr(back, field), getattr(qt, field).to(getattr(back, field).dtype)), field
+
+
 @pytest.mark.parametrize("spec", GPTQ_SPECS, ids=lambda s: f"w{s.bits}g{s.group_size}{'s' if s.symmetric else 'a'}")
 def test_gptq_independent_decoder_and_round_trip(tmp_path, default_tokenizer, spec):
     out, model, result = _write(tmp_path, default_tokenizer, spec, "gptq")
@@ -102,8 +107,7 @@ def test_gptq_independent_decoder_and_round_trip(tmp_path, default_tokenizer, sp
         ref = numpy_gptq_weight(st, name, spec.bits)
         np.testing.assert_allclose(ref, qt.dequantize().double().numpy(), rtol=1e-6, atol=1e-7)
         back = read[name]
-        for field in ("q", "zero", "scale", "g_idx"):
-            assert torch.equal(getattr(back, field), getattr(qt, field).to(getattr(back, field).dtype)), field
+        _assert_same_grid_and_codes(back, qt)
         assert (back.bits, back.group_size, back.symmetric, back.act_order) == \
                (qt.bits, qt.group_size, qt.symmetric, qt.act_order)
 
@@ -140,8 +144,7 @@ def test_awq_independent_decoder_and_round_trip(tmp_path, default_tokenizer, spe
         ref = numpy_awq_weight(st, name, qt.group_size)
         np.testing.assert_allclose(ref, qt.dequantize().double().numpy(), rtol=1e-6, atol=1e-7)
         back = read[name]
-        for field in ("q", "zero", "scale", "g_idx"):
-            assert torch.equal(getattr(back, field), getattr(qt, field).to(getattr(back, field).dtype)), field
+        _assert_same_grid_and_codes(back, qt)
         assert (back.bits, back.group_size, back.symmetric) == (4, qt.group_size, qt.symmetric)
     if spec.symmetric:  # AWQ stores a symmetric grid with zero point 8
         zeros = st["model.layers.0.mlp.up_proj.qzeros"].view(np.uint32)

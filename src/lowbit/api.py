@@ -9,14 +9,13 @@ from typing import Callable
 import torch
 
 from lowbit.calibration.text import calibration_samples, load_text, tokenize
-from lowbit.errors import LowbitError
 from lowbit.eval.perplexity import evaluate_windows, windows
 from lowbit.eval.size import bits_per_weight, size_on_disk
 from lowbit.io.formats import get_format
 from lowbit.io.atomic import check_output
 from lowbit.io.checkpoint import save_quantized
 from lowbit.io.lazy_weights import load_for_walk
-from lowbit.io.load import Loaded, load_model
+from lowbit.io.load import Loaded, check_finite, load_model
 from lowbit.io.shards import DEFAULT_MAX_SHARD_BYTES
 from lowbit.methods import get_method
 from lowbit.arch import arch_for
@@ -39,9 +38,7 @@ def _as_spec(spec: str | QuantSpec) -> QuantSpec:
 
 def _check_weights(model: torch.nn.Module) -> None:
     for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise LowbitError(f"weight {name} contains NaN or Inf: the checkpoint is damaged, "
-                              "re-export or re-download it")
+        check_finite(name, p)
 
 
 def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128", out: str | Path | None = None,

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from lowbit.errors import LowbitError
+from lowbit.io.load import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ class SafetensorsWeights:
                 with safe_open(str(f), framework="pt") as fh:
                     for key in fh.keys():
                         self.files[key] = f
-        self._prefixes = ("",)
 
     def resolve(self, key: str, base_prefix: str) -> str | None:
         """The stored name of model key `key` (some checkpoints omit the base prefix,
@@ -83,9 +83,7 @@ class LazyModel:
             t = self.weights.get(stored)
             if t.is_floating_point():
                 t = t.to(self.dtype)
-                if not torch.isfinite(t).all():
-                    raise LowbitError(f"weight {full} contains NaN or Inf: the checkpoint is damaged, "
-                                      "re-export or re-download it")
+                check_finite(full, t)
             _assign(module, key, t)
 
     def load_outside(self, layers_prefix: str) -> None:

@@ -26,6 +26,12 @@ class Loaded:
     meta: dict = field(default_factory=dict)  # lowbit.json of a directory lowbit wrote
 
 
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise LowbitError(f"weight {name} contains NaN or Inf: the checkpoint is damaged, "
+                          "re-export or re-download it")
+
+
 def _read_config(path: Path) -> dict:
     try:
         return json.loads((path / "config.json").read_text())

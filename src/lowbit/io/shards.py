@@ -21,11 +21,13 @@ class ShardWriter:
         self.pending_bytes = 0
         self.files: list[tuple[Path, list[str]]] = []
         self.total = 0
+        self.names: set[str] = set()
 
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
         for name, t in tensors.items():
-            if name in self.pending or any(name in keys for _, keys in self.files):
+            if name in self.names:
                 raise ValueError(f"tensor {name} written twice")
+            self.names.add(name)
             nbytes = t.numel() * t.element_size()
             if self.pending and self.pending_bytes + nbytes > self.max:
                 self._flush()
