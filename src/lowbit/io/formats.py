@@ -44,7 +44,7 @@ def register_format(fmt: CheckpointFormat) -> CheckpointFormat:
 def get_format(name: str) -> CheckpointFormat:
     if name not in FORMATS:
         raise LowbitError(f"unknown checkpoint format {name!r}: choose one of {', '.join(sorted(FORMATS))}"
-                          " (or gguf)")
+                          "; GGUF is written by lowbit.io.gguf_writer.write_gguf, not yet from the CLI")
     return FORMATS[name]
 
 
