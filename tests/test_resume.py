@@ -54,6 +54,32 @@ def test_layer_by_layer_equals_in_memory(family, tmp_path, default_tokenizer, te
     assert not work_dir_for(tmp_path / "lazy").exists()  # checkpoints removed after writing
 
 
+def test_layer_by_layer_keeps_outer_tensors_on_disk(tmp_path, default_tokenizer, text_file):
+    """An untied lm_head is never read during the walk and the embedding table is dropped
+    after the calibration inputs are captured; both are read back for writing, and an
+    lm_head the user asks to quantize is read when its turn comes: bytes as in memory."""
+    from dataclasses import replace
+
+    from lowbit.io.lazy_weights import load_for_walk
+    from lowbit.spec import preset
+
+    src = tmp_path / "src"
+    tiny_model("qwen2", vocab=VOCAB).save_pretrained(src)  # qwen2: untied lm_head
+    default_tokenizer.save_pretrained(src)
+    loaded, lazy = load_for_walk(str(src))
+    assert loaded.model.lm_head.weight.is_meta and not loaded.model.model.embed_tokens.weight.is_meta
+    lazy.drop_input_embeddings()
+    assert loaded.model.model.embed_tokens.weight.is_meta
+    assert torch.equal(lazy.tensor("lm_head.weight"), load_model(str(src)).model.lm_head.weight)
+    spec = replace(preset(GPTQ), ignore=())  # lm_head quantized too
+    kw = dict(calib=text_file, nsamples=8, seqlen=64)
+    lazy_run = lowbit.quantize(str(src), spec, tmp_path / "lazy", **kw)
+    eager_run = lowbit.quantize(load_model(str(src)), spec, tmp_path / "eager", **kw)
+    assert lazy_run["quantized_modules"] == eager_run["quantized_modules"] == 15
+    assert (tmp_path / "lazy" / "model.safetensors").read_bytes() == \
+        (tmp_path / "eager" / "model.safetensors").read_bytes()
+
+
 def test_same_inputs_same_bytes(tmp_path, default_tokenizer, text_file):
     src = tmp_path / "src"
     tiny_model("llama", vocab=VOCAB).save_pretrained(src)
@@ -106,7 +132,9 @@ def _cli(src, out, text_file, *extra):
 def test_sigkill_then_resume_is_byte_identical(tmp_path, default_tokenizer, text_file):
     src = tmp_path / "src"
     _kill_model(src, default_tokenizer)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    # keep the caller's PYTHONPATH (a checkout tested without installing it) after tests/
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
     subprocess.run(_cli(src, tmp_path / "ref", text_file), check=True, env=env, capture_output=True)
 
     out = tmp_path / "out"

@@ -45,13 +45,16 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
              *, calib: str | Path | None = None, nsamples: int = 128, seqlen: int = 512, seed: int = 0,
              overwrite: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
              format: str = "compressed-tensors", resume: bool = False,
-             checkpoint_seconds: float = 60.0, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict:
+             checkpoint_seconds: float = 60.0, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+             acts_memory_bytes: int | None = None) -> dict:
     """Quantize a model and (with `out`) write a checkpoint directory in `format` atomically.
 
     With `out` and a model on disk (a safetensors directory or the default model), decoder
     layers are read one at a time and each finished layer is saved beside OUT, so a killed
     run continues with resume=True. Returns a summary dict; "loaded" holds the quantized
-    (dequantized-weights) model when it was in memory, else None."""
+    (dequantized-weights) model when it was in memory, else None.
+    acts_memory_bytes: calibration activations past this (per set of batches; default a
+    quarter of the available memory) are kept on disk."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
     writer = get_format(format)
@@ -81,7 +84,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format}
         store = LayerStore(work_dir_for(out), run, resume, checkpoint_seconds)
     result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit_layout, progress=progress,
-                            lazy=lazy, store=store)
+                            lazy=lazy, store=store, acts_budget_bytes=acts_memory_bytes)
     summary = {"spec": spec.to_dict(), "base_model": loaded.source, "quantize_seconds": result.seconds,
                "layout_changes": result.layout_changes, "calibration": calib_info,
                "quantized_modules": len(result.specs)}
@@ -89,7 +92,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         t0 = time.perf_counter()
         save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format,
                        store=store, layers_prefix=arch_for(loaded.model).layers,
-                       quantized_names=set(result.specs), max_shard_bytes=max_shard_bytes)
+                       quantized_names=set(result.specs), max_shard_bytes=max_shard_bytes,
+                       fetch=lazy.tensor if lazy is not None else None)
         store.remove()
         summary["write_seconds"] = time.perf_counter() - t0
         summary["out"] = str(out)

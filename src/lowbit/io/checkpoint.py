@@ -17,22 +17,28 @@ log = logging.getLogger(__name__)
 META_FILE = "lowbit.json"
 
 
-def _plain_state(model: torch.nn.Module, quantized: set[str], skip_prefix: str | None = None
-                 ) -> dict[str, torch.Tensor]:
-    """Every tensor except quantized weights (and those under skip_prefix), tied
-    duplicates saved once."""
-    state, seen = {}, {}
-    for k, v in model.state_dict().items():
+def _plain_state(model: torch.nn.Module, quantized: set[str], skip_prefix: str | None = None,
+                 fetch=None):
+    """Yields every tensor except quantized weights (and those under skip_prefix), tied
+    duplicates once. Tensors left on the meta device (a layer-by-layer run keeps the
+    embeddings on disk) are read by fetch(name) one at a time."""
+    seen = set()
+    for k, v in model.state_dict(keep_vars=True).items():
         if k.endswith(".weight") and k[: -len(".weight")] in quantized:
             continue
         if skip_prefix and k.startswith(skip_prefix + "."):
             continue
-        key = (v.data_ptr(), tuple(v.shape), v.dtype)
-        if v.numel() and key in seen:  # tied (lm_head = embed_tokens): the config re-ties it
+        # tied weights (lm_head = embed_tokens) are one object (meta) or one storage: the
+        # config re-ties them
+        key = id(v) if v.is_meta else (v.data_ptr(), tuple(v.shape), v.dtype)
+        if v.numel() and key in seen:
             continue
-        seen[key] = k
-        state[k] = v.detach().contiguous().clone()
-    return state
+        seen.add(key)
+        if v.is_meta:
+            if fetch is None:
+                raise ValueError(f"{k} was never loaded")
+            v = fetch(k)
+        yield k, v.detach()
 
 
 # lowbit.json keeps what the output *is*; run times differ between runs and would break
@@ -43,19 +49,21 @@ VOLATILE_META = ("quantize_seconds", "write_seconds", "out", "resumed_from_layer
 def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: bool = False,
                    fmt: str = "compressed-tensors", store=None, layers_prefix: str | None = None,
                    quantized_names: set[str] | None = None,
-                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, fetch=None) -> Path:
     """Write OUT atomically in checkpoint format `fmt`: config.json (+ quantization_config),
     safetensors shards, tokenizer files, and lowbit.json (base model, spec, layout changes).
 
     tensors: codes in memory; with a LayerStore `store`, the decoder layers' codes and
-    tensors are read from it one layer at a time (layers_prefix names the layer list)."""
+    tensors are read from it one layer at a time (layers_prefix names the layer list);
+    fetch(name) reads tensors the model holds only on the meta device."""
     dtype = next(model.parameters()).dtype
     writer = get_format(fmt)
     names = set(quantized_names or ()) | set(tensors)
     ignore = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in names]
     with atomic_dir(out, overwrite) as tmp:
         shards = ShardWriter(tmp, max_shard_bytes)
-        shards.add(_plain_state(model, names, layers_prefix if store is not None else None))
+        for k, v in _plain_state(model, names, layers_prefix if store is not None else None, fetch):
+            shards.add({k: v})
         in_store = (lambda n: store is not None and n.startswith(layers_prefix + "."))
         for name, qt in tensors.items():
             if not in_store(name):

@@ -74,28 +74,50 @@ class LazyModel:
         self.base_prefix = getattr(self.model, "base_model_prefix", "")
         self.model.eval()
 
+    def tensor(self, full: str) -> torch.Tensor | None:
+        """Model tensor `full` read from disk (None if the checkpoint does not hold it)."""
+        stored = self.weights.resolve(full, self.base_prefix)
+        if stored is None:
+            return None
+        t = self.weights.get(stored)
+        if t.is_floating_point():
+            t = t.to(self.dtype)
+            check_finite(full, t)
+        return t
+
     def _load_keys(self, module: torch.nn.Module, prefix: str, keys) -> None:
         for key in keys:
-            full = f"{prefix}.{key}" if prefix else key
-            stored = self.weights.resolve(full, self.base_prefix)
-            if stored is None:
-                continue
-            t = self.weights.get(stored)
-            if t.is_floating_point():
-                t = t.to(self.dtype)
-                check_finite(full, t)
-            _assign(module, key, t)
+            t = self.tensor(f"{prefix}.{key}" if prefix else key)
+            if t is not None:
+                _assign(module, key, t)
+
+    def _output_weight(self) -> str | None:
+        """Name of an untied output projection (lm_head.weight), which the walk never runs."""
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            return None
+        out = self.model.get_output_embeddings()
+        if out is None:
+            return None
+        name = next(n for n, m in self.model.named_modules() if m is out)
+        return f"{name}.weight"
 
     def load_outside(self, layers_prefix: str) -> None:
-        """Everything but the decoder layers; ties lm_head; recomputes rotary buffers."""
+        """Everything but the decoder layers and an untied lm_head (it stays on disk until
+        written: a 49k x 2k float32 head is 0.4 GB); ties lm_head; recomputes rotary buffers."""
         from lowbit.io.checkpoint import _init_buffers
 
-        keys = [k for k in self.model.state_dict() if not k.startswith(layers_prefix + ".")]
+        self.deferred = {self._output_weight()} - {None}
+        keys = [k for k in self.model.state_dict()
+                if not k.startswith(layers_prefix + ".") and k not in self.deferred]
         self._load_keys(self.model, "", keys)
         if getattr(self.model.config, "tie_word_embeddings", False):
             self.model.tie_weights()
+        for key in self.deferred:
+            if self.weights.resolve(key, self.base_prefix) is None:
+                raise LowbitError(f"{self.weights.dir}: weights missing from the checkpoint: {key} "
+                                  "(check that every shard is present)")
         still_meta = [k for k, v in self.model.state_dict().items()
-                      if v.is_meta and not k.startswith(layers_prefix + ".")]
+                      if v.is_meta and not k.startswith(layers_prefix + ".") and k not in self.deferred]
         if still_meta:
             raise LowbitError(f"{self.weights.dir}: weights missing from the checkpoint: {still_meta[:3]} "
                               "(check that every shard is present)")
@@ -111,6 +133,22 @@ class LazyModel:
         if missing:
             raise LowbitError(f"{self.weights.dir}: weights missing from the checkpoint: "
                               f"{prefix}.{missing[0]} (check that every shard is present)")
+
+    def drop_input_embeddings(self) -> None:
+        """After the calibration inputs are captured the embedding table is only needed for
+        writing, which reads it from disk again; a tied lm_head goes with it."""
+        emb = self.model.get_input_embeddings()
+        name = next(n for n, m in self.model.named_modules() if m is emb)
+        self.release(emb)
+        self.deferred.add(f"{name}.weight")
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()
+
+    def load_module(self, name: str) -> None:
+        """Read one deferred module (an lm_head the user asked to quantize) back in."""
+        module = self.model.get_submodule(name)
+        self._load_keys(module, name, list(module.state_dict()))
+        self.deferred -= {f"{name}.{k}" for k in module.state_dict()}
 
     @staticmethod
     def release(layer: torch.nn.Module) -> None:

@@ -23,23 +23,30 @@ log = logging.getLogger(__name__)
 
 
 def _inverse_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1 in float64, raising damp if H is not
-    positive definite."""
-    H = H.double()
-    mean_diag = float(torch.diag(H).mean())
-    damp = damp_percent
+    """Upper Cholesky factor U of (H + damp I)^-1 = U^T U, formed in float64, raising damp if
+    H is not positive definite.
+
+    With J the reversal permutation, J H J = M M^T (M lower) gives H = R R^T for the upper
+    R = J M J, so H^-1 = R^-T R^-1 and U = R^-1 = J M^-1 J: one Cholesky and one in-place
+    triangular inverse. Against Cholesky, inverse, Cholesky again this is ~3x faster and
+    holds two float64 matrices instead of five (0.5 GB, not 1.3 GB, for a 5632-wide input)."""
+    n = H.shape[0]
+    Hr = H.double().flip(0, 1).contiguous()  # J H J
+    mean_diag = float(Hr.diagonal().mean())
+    damp, added = damp_percent, 0.0
     for _ in range(6):
-        Hd = H + damp * mean_diag * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-        L, info = torch.linalg.cholesky_ex(Hd)
+        Hr.diagonal().add_(damp * mean_diag - added)
+        added = damp * mean_diag
+        M, info = torch.linalg.cholesky_ex(Hr)
         if int(info) == 0:
-            # cholesky_solve against I: the same inverse as cholesky_inverse, which is ~40x
-            # slower on CPU in torch 2.13 (2.1 s vs 52 ms for 576 x 576)
-            Hinv = torch.cholesky_solve(torch.eye(H.shape[0], dtype=H.dtype, device=H.device), L)
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info) == 0:
-                if damp != damp_percent:
-                    log.warning("Hessian needed dampening %.3g (asked %.3g)", damp, damp_percent)
-                return U
+            del Hr
+            inv = torch.eye(n, dtype=M.dtype, device=M.device)
+            torch.linalg.solve_triangular(M, inv, upper=False, out=inv)  # M^-1, in place
+            del M
+            if damp != damp_percent:
+                log.warning("Hessian needed dampening %.3g (asked %.3g)", damp, damp_percent)
+            return inv.flip(0, 1)
+        del M
         damp *= 10
     raise RuntimeError("Hessian is not positive definite even with strong dampening")
 

@@ -32,9 +32,10 @@ class _Catcher(torch.nn.Module):
 
 @torch.no_grad()
 def capture_first_layer_inputs(model, layers: torch.nn.ModuleList, input_ids: torch.Tensor,
-                               batch_size: int = 8):
-    """Run the model on input_ids (N, T) up to layers[0]; returns [(hidden, args, kwargs)]."""
-    store: list = []
+                               batch_size: int = 8, store=None):
+    """Run the model on input_ids (N, T) up to layers[0]; returns [(hidden, args, kwargs)]
+    (appended to `store`, a list or pipeline.activations.Activations, when given)."""
+    store = [] if store is None else store
     first = layers[0]
     layers[0] = _Catcher(first, store)
     try:
@@ -53,9 +54,10 @@ def layer_output(out):
 
 
 @torch.no_grad()
-def run_layer(layer: torch.nn.Module, batches: list, cache=None) -> list:
-    """Outputs of `layer` for each captured batch, in the same (hidden, args, kwargs) form."""
-    out = []
+def run_layer(layer: torch.nn.Module, batches, cache=None, out=None):
+    """Outputs of `layer` for each captured batch, in the same (hidden, args, kwargs) form
+    (appended to `out`, a list or Activations, when given)."""
+    out = [] if out is None else out
     for b, (h, a, kw) in enumerate(batches):
         if cache is not None:
             cache.batch = b

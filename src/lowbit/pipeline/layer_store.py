@@ -4,7 +4,9 @@ work dir (beside OUT, never inside it):
   run.json                 what the run is (model, spec, calibration): resume refuses another run
   layer-00007.safetensors  codes and grids of layer 7's quantized Linears, and the layer's
                            other tensors (norms, biases) as they are after quantizing
-  acts-00007.safetensors   the calibration activations after layer 7 (only the newest kept)
+  acts-00007/              the calibration activations after layer 7, a file per batch
+                           (only the newest kept)
+  spill/                   activations past the memory budget (pipeline/activations.py)
 Every file is written under a temporary name and renamed, so a file that exists is whole.
 Resuming restarts after the newest activations; the layers after them are recomputed,
 deterministically, so the output is byte-identical to an uninterrupted run.
@@ -74,8 +76,8 @@ class LayerStore:
             while self.layer_file(i).is_file():
                 i += 1
             return i - 1
-        found = [int(m.group(1)) for p in self.dir.glob("acts-*.safetensors")
-                 if (m := re.fullmatch(r"acts-(\d+)\.safetensors", p.name))]
+        found = [int(m.group(1)) for p in self.dir.glob("acts-*")
+                 if (m := re.fullmatch(r"acts-(\d+)", p.name)) and p.is_dir()]
         newest = max(found, default=-1)
         if newest >= 0 and not all(self.layer_file(i).is_file() for i in range(newest + 1)):
             return -1
@@ -98,28 +100,49 @@ class LayerStore:
             flat[f"plain:{k}"] = v
         _save_atomic(flat, self.layer_file(i), {"modules": json.dumps(info, sort_keys=True)})
 
-    def maybe_save_acts(self, i: int, hidden: list[torch.Tensor], force: bool = False) -> None:
-        """Activations after layer i, at most every acts_every seconds (they are large)."""
+    def maybe_save_acts(self, i: int, hidden: list, force: bool = False) -> None:
+        """Activations after layer i, at most every acts_every seconds (they are large), one
+        file per batch in the directory acts-i. hidden: each batch's tensor, or the Path of a
+        file already holding it (spilled activations: linked, not copied)."""
         if not force and time.monotonic() - self._last_acts < self.acts_every:
             return
-        _save_atomic({f"b{b}": h for b, h in enumerate(hidden)}, self.dir / f"acts-{i:05d}.safetensors", {})
-        for p in self.dir.glob("acts-*.safetensors"):
-            if p.name != f"acts-{i:05d}.safetensors":
-                p.unlink()
+        from lowbit.io.file_checks import disk_full_errors
+
+        final = self.dir / f"acts-{i:05d}"
+        tmp = self.dir / f"acts-{i:05d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        with disk_full_errors(self.dir):
+            for b, h in enumerate(hidden):
+                dest = tmp / f"b{b:05d}.safetensors"
+                if isinstance(h, Path):
+                    try:
+                        os.link(h, dest)
+                    except OSError:  # another file system: copy
+                        shutil.copyfile(h, dest)
+                else:
+                    save_file({"h": h.contiguous()}, str(dest))
+        os.replace(tmp, final)  # a directory named acts-i is whole
+        self._drop_acts(keep=final.name)
         self._last_acts = time.monotonic()
+
+    def _drop_acts(self, keep: str | None = None) -> None:
+        for p in self.dir.glob("acts-*"):
+            if p.name != keep:
+                shutil.rmtree(p, ignore_errors=True)
 
     def mark_complete(self, n_layers: int) -> None:
         """Every layer is saved: a resume goes straight to writing the output."""
         (self.dir / "complete.tmp").write_text(str(n_layers))
         os.replace(self.dir / "complete.tmp", self.dir / "complete")
-        for p in self.dir.glob("acts-*.safetensors"):
-            p.unlink()
+        self._drop_acts()
 
     # --- reading ------------------------------------------------------------------------
-    def load_acts(self, i: int) -> list[torch.Tensor]:
-        path = self.dir / f"acts-{i:05d}.safetensors"
-        with safe_open(str(path), framework="pt") as fh:
-            return [fh.get_tensor(f"b{b}") for b in range(len(list(fh.keys())))]
+    def load_acts(self, i: int):
+        """The saved activations after layer i, one batch at a time."""
+        for path in sorted((self.dir / f"acts-{i:05d}").glob("b*.safetensors")):
+            with safe_open(str(path), framework="pt") as fh:
+                yield fh.get_tensor("h")
 
     def load_layer(self, i: int):
         """(codes by module, spec dicts by module, layout changes, plain tensors) of layer i."""

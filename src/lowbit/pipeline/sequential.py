@@ -18,6 +18,7 @@ import torch
 from lowbit.arch import arch_for, decoder_layers
 from lowbit.formats import QuantizedTensor
 from lowbit.methods import get_method
+from lowbit.pipeline.activations import Activations, default_budget_bytes
 from lowbit.pipeline.capture import StopAfter, capture_first_layer_inputs, run_layer
 from lowbit.pipeline.output_cache import OutputCache
 from lowbit.spec import QuantSpec, match_name
@@ -105,13 +106,16 @@ def _layout_change(asked: QuantSpec, used: QuantSpec) -> dict:
 @torch.no_grad()
 def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None = None,
                    fit_layout: FitLayout | None = None, progress: Progress | None = None,
-                   batch_size: int = 8, lazy=None, store=None) -> QuantResult:
+                   batch_size: int = 8, lazy=None, store=None,
+                   acts_budget_bytes: int | None = None) -> QuantResult:
     """Quantize `model` in place (weights become their dequantized values) and return the
     codes of every quantized Linear. calibration: token ids (N, T) for methods that need it.
 
     lazy (io.lazy_weights.LazyModel): decoder layers are read from disk when reached and
     dropped after. store (pipeline.layer_store.LayerStore): each finished layer is saved
-    (codes then leave memory) and a killed run resumes after the newest saved activations."""
+    (codes then leave memory) and a killed run resumes after the newest saved activations.
+    acts_budget_bytes: calibration activations past it (per set; default a quarter of the
+    available memory) are written to disk, beside the store or in a temporary directory."""
     start = time.perf_counter()
     method = get_method(spec.method)
     arch = arch_for(model)
@@ -140,58 +144,75 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
     if method.needs_calibration and start_at < len(layers):
         if calibration is None:
             raise ValueError(f"method {spec.method!r} needs calibration token ids")
-        batches = capture_first_layer_inputs(model, layers, calibration, batch_size)
+        spill = store.dir / "spill" if store is not None else None
+        batches = capture_first_layer_inputs(model, layers, calibration, batch_size,
+                                             Activations(acts_budget_bytes, spill))
+        if lazy is not None:
+            lazy.drop_input_embeddings()
         if start_at > 0:  # continue from the saved activations after layer start_at - 1
-            hidden = store.load_acts(start_at - 1)
-            batches = [(h, a, kw) for h, (_, a, kw) in zip(hidden, batches)]
-
+            saved = batches.new().extend((h, a, kw) for h, (_, a, kw) in
+                                         zip(store.load_acts(start_at - 1), batches))
+            batches.discard()
+            batches = saved
+        if batches.spilled:
+            log.info("%d of %d calibration batches are kept on disk (memory budget %.2f GB per set)",
+                     batches.spilled, len(batches), batches.budget / 1e9)
     true_sequential = spec.method_args.get("true_sequential", True)
     forward = _forward_context(spec.method_args.get("forward_dtype", "float32"))
-    cache = OutputCache(int(spec.method_args.get("cache_bytes", DEFAULT_CACHE_BYTES)))
-    for i, layer in enumerate(layers):
-        if i < start_at:
-            continue
-        if lazy is not None:
-            lazy.materialize(layer, f"{prefix}.{i}")
-        groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
-        if not true_sequential:  # one pass: every Linear sees inputs from the float layer
-            groups = [[n for g in groups for n in g]]
-        for group in groups:
-            observers = {}
-            if batches is not None:
-                observers = {n: method.observer(targets[n], spec.for_module(n)) for n in group}
-                stopper = StopAfter({n: targets[n] for n in group},
-                                    lambda n, x: observers[n].add_batch(x))
-                try:
-                    with forward():
-                        stopper.run(layer, batches, cache)
-                finally:
-                    stopper.remove()
-                for name, owner in stopper.shared.items():  # same input, same statistics
-                    observers[name] = observers[owner]
-            for name in group:
-                quantize_one(name, observers.get(name))
+    cache = OutputCache(int(spec.method_args.get("cache_bytes",
+                                                  min(DEFAULT_CACHE_BYTES, default_budget_bytes()))))
+    try:
+        for i, layer in enumerate(layers):
+            if i < start_at:
+                continue
+            if lazy is not None:
+                lazy.materialize(layer, f"{prefix}.{i}")
+            groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
+            if not true_sequential:  # one pass: every Linear sees inputs from the float layer
+                groups = [[n for g in groups for n in g]]
+            for group in groups:
+                observers = {}
                 if batches is not None:
-                    cache.add(name, targets[name])
+                    observers = {n: method.observer(targets[n], spec.for_module(n)) for n in group}
+                    stopper = StopAfter({n: targets[n] for n in group},
+                                        lambda n, x: observers[n].add_batch(x))
+                    try:
+                        with forward():
+                            stopper.run(layer, batches, cache)
+                    finally:
+                        stopper.remove()
+                    for name, owner in stopper.shared.items():  # same input, same statistics
+                        observers[name] = observers[owner]
+                for name in group:
+                    quantize_one(name, observers.get(name))
+                    if batches is not None:
+                        cache.add(name, targets[name])
+                if batches is not None:
+                    for cname, container in _frozen_containers(layer, f"{prefix}.{i}", targets, result.tensors):
+                        cache.add(cname, container)
             if batches is not None:
-                for cname, container in _frozen_containers(layer, f"{prefix}.{i}", targets, result.tensors):
-                    cache.add(cname, container)
+                with forward():
+                    outputs = run_layer(layer, batches, cache, out=batches.new())
+                batches.discard()
+                batches = outputs
+                cache.clear()
+            if store is not None:
+                _save_layer(store, i, layer, f"{prefix}.{i}", result, batches, last=i == len(layers) - 1,
+                            lazy=lazy is not None)
+            if lazy is not None:
+                lazy.release(layer)
+            if progress:
+                progress("layers", i + 1, len(layers))
+    finally:  # spilled activations never outlive the walk
         if batches is not None:
-            with forward():
-                batches = run_layer(layer, batches, cache)
-            cache.clear()
-        if store is not None:
-            _save_layer(store, i, layer, f"{prefix}.{i}", result, batches, last=i == len(layers) - 1,
-                        lazy=lazy is not None)
-        if lazy is not None:
-            lazy.release(layer)
-        if progress:
-            progress("layers", i + 1, len(layers))
+            batches.discard()
     if store is not None:
         store.mark_complete(len(layers))
     # Linears outside the decoder layers (an lm_head the user asked for): weights only
     for name in targets:
         if not name.startswith(prefix + ".") and name not in result.tensors:
+            if lazy is not None and targets[name].weight.is_meta:
+                lazy.load_module(name)
             quantize_one(name, None)
     result.seconds = time.perf_counter() - start
     if result.layout_changes:
@@ -233,4 +254,4 @@ def _save_layer(store, i: int, layer, layer_name: str, result: QuantResult, batc
             del result.tensors[n]
     result.stored_layers = i + 1
     if batches is not None and not last:
-        store.maybe_save_acts(i, [b[0] for b in batches])
+        store.maybe_save_acts(i, batches.hidden())
