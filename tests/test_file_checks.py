@@ -162,6 +162,32 @@ def test_memory_estimate_refused_then_overridden(capsys, monkeypatch, corpus):
     assert code == 0, err
 
 
+def test_layer_by_layer_quantize_checks_files_too(capsys, tmp_path, corpus):
+    """`quantize -o` reads a model layer by layer, not through the loader: the same checks
+    run first, and the memory estimate is the walk's, not the whole model's."""
+    d = _copy_dir(corpus["hf"], tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "hidden_size": 4096, "intermediate_size": 11008}))
+    code, _, err = run(["quantize", str(d), "-o", str(tmp_path / "o"), "--no-eval"], capsys)
+    _one_line_error(code, err, "describes a model of about", "weights hold")
+    assert not (tmp_path / "o").exists()
+
+
+def test_layer_walk_memory_estimate():
+    # tied 1000 x 64 embedding (64,000); a layer: attention 4 x 64 x 64 = 16,384, MLP 3 x 64 x 128
+    # = 24,576; (64,000 + 2 x 40,960) float32 + two float64 128 x 128 Hessians = 845,824 bytes
+    cfg = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+               num_key_value_heads=4, intermediate_size=128, model_type="llama", tie_word_embeddings=True)
+    assert file_checks.layer_walk_estimate(cfg) == 845_824
+    assert file_checks.layer_walk_estimate({**cfg, "num_hidden_layers": 40}) == 845_824  # depth is free
+
+
+def test_layer_by_layer_memory_refused(capsys, monkeypatch, tmp_path, corpus):
+    monkeypatch.setattr(file_checks, "available_memory", lambda: 1000)
+    code, _, err = run(["quantize", str(corpus["hf"]), "-o", str(tmp_path / "o"), "--no-eval"], capsys)
+    _one_line_error(code, err, "needs about", file_checks.SKIP_MEMORY_ENV)
+
+
 def test_disk_full_leaves_no_output(capsys, monkeypatch, tmp_path, corpus):
     real = Path.write_text
 

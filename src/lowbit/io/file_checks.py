@@ -248,8 +248,22 @@ def load_estimate(params: int, elem_bytes: int = 4) -> int:
 
 # ---------------------------------------------------------------- entry points for load.py
 
-def check_model_dir(path, elem_bytes: int = 4) -> None:
-    """A Hugging Face / lowbit directory: config.json, every safetensors file, size vs weights, memory."""
+def layer_walk_estimate(cfg: dict, elem_bytes: int = 4) -> int:
+    """Memory of a layer-by-layer run: the embedding table, two copies of one decoder layer,
+    and the float64 Hessian work of its widest input (two matrices)."""
+    total = config_params(cfg)
+    n_layers = max(1, int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or 1))
+    h = int(cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model") or 0)
+    emb = int(cfg.get("vocab_size") or 0) * h
+    outer = emb * (1 if cfg.get("tie_word_embeddings", True) else 2)
+    layer = max(0, total - outer) // n_layers
+    widest = max(h, int(cfg.get("intermediate_size") or cfg.get("ffn_dim") or cfg.get("n_inner") or 0))
+    return (emb + 2 * layer) * elem_bytes + 2 * widest * widest * 8
+
+
+def check_model_dir(path, elem_bytes: int = 4, layer_by_layer: bool = False) -> None:
+    """A Hugging Face / lowbit directory: config.json, every safetensors file, size vs weights,
+    memory (of the whole model, or of a layer-by-layer walk)."""
     from transformers import AutoConfig
 
     path = Path(path)
@@ -261,7 +275,9 @@ def check_model_dir(path, elem_bytes: int = 4) -> None:
     described = config_params(resolved)
     if files:
         check_consistent(path / "config.json", described, stored, packed="quantization_config" in cfg)
-    check_memory(load_estimate(max(described, stored), elem_bytes), str(path))
+    need = layer_walk_estimate(resolved, elem_bytes) if layer_by_layer else \
+        load_estimate(max(described, stored), elem_bytes)
+    check_memory(need, str(path))
 
 
 def check_model_file(path, elem_bytes: int = 4) -> None:

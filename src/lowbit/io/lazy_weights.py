@@ -163,6 +163,7 @@ def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.floa
     from transformers import AutoConfig, AutoTokenizer
 
     from lowbit.arch import arch_for
+    from lowbit.io import file_checks
     from lowbit.io.default_model import default_model_dir
     from lowbit.io.load import Loaded, _is_quantized_dir, _read_config, fix_config, load_model
 
@@ -172,6 +173,8 @@ def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.floa
     raw = _read_config(path)
     if _is_quantized_dir(raw):
         return load_model(name, allow_pickle, dtype), None
+    with file_checks.reading(path):  # hostile files: bounds-check first, then one-line errors
+        file_checks.check_model_dir(path, dtype.itemsize, layer_by_layer=True)
     try:
         config = fix_config(AutoConfig.from_pretrained(str(path)), raw)
         lazy = LazyModel(path, config, dtype)
