@@ -15,6 +15,13 @@ in a file given as --plugin FILE (run with register_producer and lowbit_rtn in i
 E.g. a GPTQ producer quantizes loaded.model on the grids that
 gguf_mixes.plan_types(loaded.model, file_type) names and calls write_gguf(..., blocks=...).
 Several producers: --producer lowbit-rtn,gptq --plugin gptq_producer.py.
+
+Built in: lowbit-rtn (llama.cpp's rounding: the same bytes as llama-quantize), lowbit-gptq
+(GPTQ on the block grids, act-order inside each block; lowbit quantize --format gguf --method
+gptq), its ablations lowbit-gptq-natural (natural column order) and lowbit-gptq-static
+(global act-order on grids fitted up front), lowbit-imatrix (llama.cpp's importance-weighted
+rounding with importance from lowbit's walk, no error compensation) and imatrix-float
+(llama.cpp's importance-weighted rounding with llama-imatrix's statistic from the float model).
 """
 from __future__ import annotations
 
@@ -44,6 +51,66 @@ def lowbit_rtn(loaded, file_type: str, out_path: Path, source_gguf: Path | None)
 
 
 register_producer("lowbit-rtn", lowbit_rtn)
+CALIB = {"nsamples": 128, "seqlen": 512, "seed": 0}  # set from --nsamples; the README's GPTQ protocol
+
+
+def lowbit_walk(method: str, **method_args) -> Callable:
+    """A producer running lowbit's layer walk onto the file type's block grids
+    (lowbit.quantize(..., format="gguf")) on a copy of the model, with calibration CALIB."""
+    def produce(loaded, file_type: str, out_path: Path, source_gguf: Path | None) -> Path:
+        import copy
+
+        from lowbit import api
+        from lowbit.io.load import Loaded
+        from lowbit.spec import QuantSpec
+
+        copied = Loaded(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.source, loaded.kind)
+        spec = QuantSpec(method=method, method_args=dict(method_args))
+        api.quantize(copied, spec, out_path, format="gguf", gguf_type=file_type, overwrite=True, **CALIB)
+        return out_path
+    return produce
+
+
+def float_imatrix(loaded, file_type: str, out_path: Path, source_gguf: Path | None) -> Path:
+    """llama.cpp with an importance matrix: llama-imatrix's statistic (mean squared input per
+    column of every Linear, float model, same calibration windows) fed to llama.cpp's
+    importance-weighted quantizers (ours, byte-identical to its C code; llama-cpp-python cannot
+    pass an imatrix to llama_model_quantize, whose params hold a C++ map)."""
+    import torch
+
+    from lowbit.calibration.text import calibration_samples, default_text
+    from lowbit.io.gguf_writer import write_gguf
+
+    if "imatrix" not in _IMATRIX:
+        model = loaded.model
+        ids = calibration_samples(loaded.tokenizer, default_text("calib"), CALIB["nsamples"], CALIB["seqlen"],
+                                  CALIB["seed"])
+        sums, counts, hooks = {}, {}, []
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.Linear) and name.startswith("model.layers."):
+                def hook(mod, args, _name=name):
+                    x = args[0].reshape(-1, args[0].shape[-1]).double()
+                    sums[_name] = sums.get(_name, 0) + (x * x).sum(0)
+                    counts[_name] = counts.get(_name, 0) + x.shape[0]
+                hooks.append(m.register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                for b in range(0, len(ids), 8):
+                    model.model(ids[b:b + 8])  # the decoder only: no logits needed
+        finally:
+            for h in hooks:
+                h.remove()
+        _IMATRIX["imatrix"] = {f"{n}.weight": (sums[n] / counts[n]).float().numpy() for n in sums}
+    return write_gguf(out_path, loaded.model, loaded.tokenizer, file_type, importance=_IMATRIX["imatrix"],
+                      overwrite=True, source_gguf=source_gguf)
+
+
+_IMATRIX: dict = {}
+register_producer("lowbit-gptq", lowbit_walk("gptq"))
+register_producer("lowbit-gptq-natural", lowbit_walk("gptq", ggml_order="none"))
+register_producer("lowbit-gptq-static", lowbit_walk("gptq", ggml_order="static"))
+register_producer("lowbit-imatrix", lowbit_walk("gptq", gguf_solver="imatrix"))
+register_producer("imatrix-float", float_imatrix)
 
 
 def identical_tensors(a: Path, b: Path) -> tuple[int, int]:
@@ -74,8 +141,10 @@ def main(argv=None) -> None:
     ap.add_argument("--plugin", action="append", default=[], help="python file that calls register_producer")
     ap.add_argument("--peer-python", default="/work/peers/venv-llamacpp/bin/python")
     ap.add_argument("--work", default=None, help="directory for the GGUF files (default: a temporary one)")
+    ap.add_argument("--nsamples", type=int, default=128, help="calibration windows for the walk producers")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    CALIB["nsamples"] = args.nsamples
 
     from lowbit.calibration.text import default_text, tokenize
     from lowbit.eval.perplexity import windows

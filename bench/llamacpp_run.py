@@ -20,6 +20,21 @@ import time
 
 import numpy as np
 import llama_cpp
+import llama_cpp.llama_cpp as _capi
+
+_default_model_params = _capi.llama_model_default_params
+
+
+def _model_params():
+    """No extra buffer types (weight repacking): on CPUs with AMX, llama.cpp's AMX matmul
+    (ggml_backend_amx_mul_mat) crashes with a general protection fault in this VM, for every
+    quantized file; the plain CPU kernels compute the same products."""
+    p = _default_model_params()
+    p.use_extra_bufts = False
+    return p
+
+
+_capi.llama_model_default_params = _model_params  # what llama_cpp.Llama() reads its defaults from
 
 
 def _llm(path, n_ctx, logits_all=True):

@@ -46,7 +46,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
              overwrite: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
              format: str = "compressed-tensors", resume: bool = False,
              checkpoint_seconds: float = 60.0, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-             acts_memory_bytes: int | None = None) -> dict:
+             gguf_type: str | None = None, acts_memory_bytes: int | None = None) -> dict:
     """Quantize a model and (with `out`) write a checkpoint directory in `format` atomically.
 
     With `out` and a model on disk (a safetensors directory or the default model), decoder
@@ -54,9 +54,15 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     run continues with resume=True. Returns a summary dict; "loaded" holds the quantized
     (dequantized-weights) model when it was in memory, else None.
     acts_memory_bytes: calibration activations past this (per set of batches; default a
-    quarter of the available memory) are kept on disk."""
+    quarter of the available memory) are kept on disk.
+
+    format="gguf" writes OUT as one GGUF file of llama.cpp file type `gguf_type` (default
+    "Q4_K_M"): rtn rounds as llama.cpp does, gptq runs GPTQ on its block grids."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
+    if format == "gguf" or gguf_type is not None:
+        return _quantize_gguf(model, spec, method, out, gguf_type or "Q4_K_M", format, calib, nsamples, seqlen,
+                              seed, overwrite, allow_pickle, progress)
     writer = get_format(format)
     if out is not None:
         out = Path(out)
@@ -71,14 +77,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     if lazy is None:
         _check_weights(loaded.model)
     torch.manual_seed(seed)
-    calibration = None
-    calib_info = None
-    if method.needs_calibration:
-        text = load_text(calib, "calib")
-        calibration = calibration_samples(loaded.tokenizer, text, nsamples, seqlen, seed)
-        _warn_small_calibration(loaded.model, calibration)
-        calib_info = {"source": str(calib) if calib else "default (wiki-offline, calib split)",
-                      "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+    calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed)
     store = None
     if out is not None:
         run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format}
@@ -99,6 +98,41 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         summary["out"] = str(out)
     summary["loaded"] = None if lazy is not None else Loaded(
         loaded.model, loaded.tokenizer, loaded.source, "quantized", result.tensors, summary)
+    return summary
+
+
+def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed: int):
+    """(token ids (nsamples, seqlen), what they are) for methods that need calibration, else (None, None)."""
+    if not method.needs_calibration:
+        return None, None
+    text = load_text(calib, "calib")
+    calibration = calibration_samples(loaded.tokenizer, text, nsamples, seqlen, seed)
+    _warn_small_calibration(loaded.model, calibration)
+    return calibration, {"source": str(calib) if calib else "default (wiki-offline, calib split)",
+                         "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+
+
+def _quantize_gguf(model, spec: QuantSpec, method, out, gguf_type: str, format: str, calib, nsamples: int,
+                   seqlen: int, seed: int, overwrite: bool, allow_pickle: bool, progress) -> dict:
+    """quantize(format="gguf"): the whole model in memory, the walk onto GGML grids, one file."""
+    from lowbit.errors import LowbitError
+    from lowbit.pipeline.gguf import check_gguf_request, quantize_to_gguf
+
+    if format != "gguf":
+        raise LowbitError(f"a GGUF type ({gguf_type}) was given with format {format!r}: use --format gguf")
+    if out is None:
+        raise LowbitError("GGUF output needs a file name: give -o OUT.gguf")
+    check_gguf_request(gguf_type, spec.method)
+    out = Path(out)
+    check_output(out, overwrite)
+    loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
+    _check_weights(loaded.model)
+    torch.manual_seed(seed)
+    calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed)
+    summary = quantize_to_gguf(loaded, spec, out, gguf_type, calibration, overwrite, progress)
+    tensors = summary.pop("tensors")
+    summary.update(calibration=calib_info, out=str(out))
+    summary["loaded"] = Loaded(loaded.model, loaded.tokenizer, loaded.source, "quantized", tensors, summary)
     return summary
 
 

@@ -114,7 +114,8 @@ def quantize(
     nsamples: int = typer.Option(128, help="calibration samples"),
     seqlen: int = typer.Option(512, help="tokens per calibration sample / eval window"),
     seed: int = typer.Option(0),
-    fmt: str = typer.Option("compressed-tensors", "--format", help="output format: compressed-tensors, gptq, awq"),
+    fmt: str = typer.Option("compressed-tensors", "--format", help="output format: compressed-tensors, gptq, awq, gguf"),
+    gguf_type: Optional[str] = typer.Option(None, help="--format gguf: llama.cpp file type (Q4_K_M default, Q8_0, Q2_K ...)"),
     resume: bool = typer.Option(False, help="continue a killed run from its per-layer checkpoints beside OUT"),
     checkpoint_seconds: float = typer.Option(60.0, help="save calibration activations for --resume at most this often"),
     max_shard_bytes: int = typer.Option(2 << 30, help="split the output into safetensors shards of at most this size"),
@@ -134,18 +135,21 @@ def quantize(
         method_args.update(damp_percent=damp_percent, act_order=act_order, static_groups=static_groups)
     spec = QuantSpec(method=method, bits=bits, group_size=group_size, symmetric=sym, clip=clip,
                      method_args=method_args)
+    if output is None and fmt == "gguf":
+        output = Path(f"{Path(model).stem if model else 'SmolLM2-135M-Instruct'}-{method}-{(gguf_type or 'Q4_K_M').upper()}.gguf")
     output = output or _default_out(model, spec)
     with _Bars(not as_json) as bars:
         summary = api.quantize(model, spec, output, calib=calib, nsamples=nsamples, seqlen=seqlen,
                                seed=seed, overwrite=overwrite, allow_pickle=allow_pickle, progress=bars,
                                format=fmt, resume=resume, checkpoint_seconds=checkpoint_seconds,
-                               max_shard_bytes=max_shard_bytes)
+                               max_shard_bytes=max_shard_bytes, gguf_type=gguf_type)
         loaded = summary.pop("loaded")
         if summary["layout_changes"] and not as_json:
             _print_layout_changes(summary["layout_changes"])
         res = None
         if evaluate:
-            res = api.evaluate(str(output), base="auto", data=data, seqlen=seqlen,
+            base = (model or "default") if fmt == "gguf" else "auto"  # a GGUF file does not name its base
+            res = api.evaluate(str(output), base=base, data=data, seqlen=seqlen,
                                max_windows=max_windows, progress=bars)
     if as_json:
         print(json.dumps({**summary, "eval": res}, indent=2, default=str))

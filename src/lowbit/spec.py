@@ -28,6 +28,9 @@ class QuantSpec:
     # per-module overrides: ("re:<regex>", {"bits": 8, ...}) in order, later ones win
     overrides: tuple[tuple[str, dict], ...] = ()
     method_args: dict[str, Any] = field(default_factory=dict)  # e.g. GPTQ damp_percent
+    # a GGML block type ("Q4_K", "Q5_0"): the grid is llama.cpp's, not bits/group_size/symmetric
+    # (set per tensor by the GGUF path from the file type's mix; methods/ggml_grid.py)
+    ggml_type: str | None = None
 
     def __post_init__(self):
         self.validate()

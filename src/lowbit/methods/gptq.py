@@ -12,6 +12,7 @@ fast kernels of natural groups); spec.clip "auto" means an MSE clipping search.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 
@@ -51,6 +52,48 @@ def _inverse_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
     raise RuntimeError("Hessian is not positive definite even with strong dampening")
 
 
+def prepare(W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """Copies of W (out, in) and H (in, in) in `dtype` with dead inputs (always zero in the
+    calibration data, so their weights do not matter) zeroed in W and given H[j, j] = 1."""
+    W = W.to(dtype).clone()
+    H = H.to(dtype).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    return W, H
+
+
+def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
+                  round_column: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """GPTQ's column loop with lazy block updates, for any grid.
+
+    WT (in, out): the weights in processing order, transposed so that column j of W is the
+    contiguous row j (the rank-1 update of the rows still to come is then one BLAS call:
+    elementwise torch ops of that size go through OpenMP and stall when a core is busy);
+    updated in place. U (in, in): upper Cholesky factor of H^-1 in the same order.
+    round_column(j, WT) -> (out,) the quantized values of row j; it may fit a grid on rows
+    WT[j:j + g] first, which hold every update so far when block_size is a multiple of g
+    and j is a multiple of g. Returns QT (in, out), the quantized rows."""
+    inp, out = WT.shape
+    QT = torch.empty_like(WT)
+    for i1 in range(0, inp, block_size):
+        i2 = min(i1 + block_size, inp)
+        E1 = torch.empty(i2 - i1, out, dtype=WT.dtype)  # scaled errors of the block's columns
+        U1 = U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = i1 + i
+            w = WT[j]
+            q = round_column(j, WT)
+            QT[j] = q
+            err = (w - q) / U1[i, i]
+            E1[i] = err
+            if i + 1 < i2 - i1:
+                WT[j + 1:i2].addmm_(U1[i, i + 1:, None], err[None, :], alpha=-1)
+        if i2 < inp:
+            WT[i2:].addmm_(U[i1:i2, i2:].T, E1, alpha=-1)
+    return QT
+
+
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, group_size: int,
                   clip: str = "minmax", damp_percent: float = 0.01, block_size: int = 128,
                   act_order: bool = False, static_groups: bool = False,
@@ -58,12 +101,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, 
     """W (out, in), H (in, in) -> QuantizedTensor on a grid chosen as each group is reached.
     The solve runs in `dtype` (float32; the inverse Hessian is formed in float64)."""
     out, inp = W.shape
-    W = W.to(dtype).clone()
-    H = H.to(dtype).clone()
+    W, H = prepare(W, H, dtype)
     maxq = 2**bits - 1
-    dead = torch.diag(H) == 0  # inputs that were always zero: their weights do not matter
-    H[dead, dead] = 1
-    W[:, dead] = 0
 
     grouped = group_size > 0
     if grouped:
@@ -89,37 +128,24 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, 
     if grouped and not static_groups:
         col_group = torch.arange(inp) // group_size  # groups follow the processing order
 
-    # work on W^T (in, out): column j of W is the contiguous row j, and the rank-1 update
-    # of the rows still to come is one BLAS call (addmm_ of a (k, 1) x (1, out) product):
-    # elementwise torch ops of that size go through OpenMP and stall when a core is busy
-    WT = W.T.contiguous()
-    QT = torch.empty_like(WT)
     if static is not None:
         col_scale = scale[:, col_group].T.contiguous()  # (in, rows) grid of each processed column
         col_zero = zero[:, col_group].T.contiguous()
-    for i1 in range(0, inp, block_size):
-        i2 = min(i1 + block_size, inp)
-        E1 = torch.empty(i2 - i1, out, dtype=dtype)  # scaled errors of the block's columns
-        U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            j = i1 + i
-            if static is not None:
-                s, z = col_scale[j], col_zero[j]
-            elif j % group_size == 0:  # a new group: its grid from the weights as updated so far
+    current = {}  # the grid of the group being quantized (dynamic groups)
+
+    def round_column(j: int, WT: torch.Tensor) -> torch.Tensor:
+        if static is not None:
+            s, z = col_scale[j], col_zero[j]
+        else:
+            if j % group_size == 0:  # a new group: its grid from the weights as updated so far
                 g = int(col_group[j])
                 gs, gz = fit_grid(WT[j:j + group_size].T, bits, symmetric, -1, clip)
                 scale[:, g], zero[:, g] = gs[:, 0], gz[:, 0]
-                s, z = gs[:, 0], gz[:, 0]
-            w = WT[j]
-            q = (torch.clamp(torch.round(w / s) + z, 0, maxq) - z) * s
-            QT[j] = q
-            err = (w - q) / U1[i, i]
-            E1[i] = err
-            if i + 1 < i2 - i1:
-                WT[j + 1:i2].addmm_(U1[i, i + 1:, None], err[None, :], alpha=-1)
-        if i2 < inp:
-            WT[i2:].addmm_(U[i1:i2, i2:].T, E1, alpha=-1)
-    Q = QT.T
+                current["s"], current["z"] = gs[:, 0], gz[:, 0]
+            s, z = current["s"], current["z"]
+        return (torch.clamp(torch.round(WT[j] / s) + z, 0, maxq) - z) * s
+
+    Q = solve_columns(W.T.contiguous(), U, block_size, round_column).T
 
     if perm is not None:
         inv = torch.argsort(perm)
@@ -141,6 +167,9 @@ class GPTQ(Method):
         return HessianObserver(module.in_features, module.weight.device)
 
     def quantize(self, W, spec, observer=None):
+        if spec.ggml_type is not None:  # a GGUF tensor: GPTQ on llama.cpp's block grids
+            from lowbit.methods.ggml_grid import quantize_on_ggml_grid
+            return quantize_on_ggml_grid(W, spec, observer)
         clip = "mse" if spec.clip == "auto" else spec.clip
         if observer is None or observer.n == 0:
             log.warning("no calibration inputs reached this layer: using round-to-nearest")

@@ -10,5 +10,8 @@ class RTN(Method):
     name = "rtn"
 
     def quantize(self, W, spec, observer=None):
+        if spec.ggml_type is not None:  # a GGUF tensor: llama.cpp's own rounding on its block grids
+            from lowbit.methods.ggml_grid import quantize_on_ggml_grid
+            return quantize_on_ggml_grid(W, spec, observer)
         clip = "minmax" if spec.clip == "auto" else spec.clip  # the classic baseline
         return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip)

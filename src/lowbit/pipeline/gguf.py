@@ -1,0 +1,95 @@
+"""The layer walk onto llama.cpp's block grids, written as one GGUF file.
+
+gguf_mixes.plan_types names the GGML type of every tensor for a file type ("Q4_K_M"), by
+llama.cpp's rules; the walk's fit_layout hook puts that type into each Linear's spec
+(spec.ggml_type), so the method (rtn: llama.cpp's own rounding; gptq: GPTQ on the block grids,
+methods/ggml_grid.py) returns exact block bytes and the weights they decode to, which the walk
+propagates to later layers. The bytes go to write_gguf(blocks=...); tensors the walk does not
+quantize (token embeddings, which SmolLM2 ties to the output matrix) are quantized by the
+writer as llama.cpp does. Same types per tensor as llama-quantize, so the same file size.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from gguf import GGMLQuantizationType as T
+
+from lowbit.errors import LowbitError
+from lowbit.formats.ggml_blocks import FLOAT_TYPES
+from lowbit.io.gguf_mixes import parse_file_type, plan_types
+from lowbit.io.gguf_writer import write_gguf
+from lowbit.methods.ggml_grid import round_ggml
+from lowbit.pipeline.sequential import quantize_model, target_linears
+
+GGUF_METHODS = ("rtn", "gptq")  # methods that choose codes on GGML block grids
+
+
+def check_gguf_request(file_type: str, method: str) -> None:
+    """One-line errors before any loading: unknown file type, or a method without GGML grids."""
+    parse_file_type(file_type)
+    if method not in GGUF_METHODS:
+        raise LowbitError(f"method {method!r} cannot write GGUF yet: use --method "
+                          + " or ".join(GGUF_METHODS) + " with --format gguf")
+
+
+def gguf_fit_layout(plan: dict[str, T]):
+    """fit_layout for the walk: each Linear's spec gets the GGML type the mix gives its weight."""
+    def fit(name: str, spec, shape):
+        qtype = plan.get(f"{name}.weight")
+        if qtype is None:
+            raise LowbitError(f"{name} is not a tensor of the GGUF file: exclude it with spec.ignore")
+        return replace(spec, ggml_type=qtype.name)
+    return fit
+
+
+def source_gguf_for(loaded) -> Path | None:
+    """A GGUF the model came from, whose tokenizer metadata the writer copies exactly."""
+    from lowbit.io.default_model import default_gguf, default_model_dir
+
+    if loaded.kind == "gguf":
+        return Path(loaded.source)
+    if Path(loaded.source).resolve() == default_model_dir().resolve():
+        return default_gguf()
+    return None
+
+
+@torch.no_grad()
+def _round_other_tensors(model, spec, plan: dict[str, T]) -> dict:
+    """Block tensors the walk does not quantize (token embeddings, an untied output matrix):
+    llama.cpp's rounding, as llama-quantize does, with the model's weights set to what the
+    file will hold, so the walk's calibration inputs are those llama.cpp will compute."""
+    walked = {f"{name}.weight" for name in target_linears(model, spec)}
+    state = model.state_dict()
+    blocks = {}
+    for hf, qtype in plan.items():
+        if hf in walked or qtype in FLOAT_TYPES:
+            continue
+        t = round_ggml(state[hf], qtype)
+        state[hf].copy_(t.values.to(state[hf].dtype))
+        blocks[hf] = (t.blocks, t.qtype)
+    return blocks
+
+
+def quantize_to_gguf(loaded, spec, out: Path, file_type: str = "Q4_K_M", calibration=None,
+                     overwrite: bool = False, progress=None) -> dict:
+    """Quantize loaded.model (in place: weights become their dequantized values) onto the
+    block grids of `file_type` and write OUT as a GGUF file (atomically). Returns a summary."""
+    check_gguf_request(file_type, spec.method)
+    plan = plan_types(loaded.model, file_type)
+    blocks = _round_other_tensors(loaded.model, spec, plan)
+    result = quantize_model(loaded.model, spec, calibration, fit_layout=gguf_fit_layout(plan), progress=progress)
+    blocks.update({f"{name}.weight": (qt.blocks, qt.qtype) for name, qt in result.tensors.items()
+                   if qt.qtype not in FLOAT_TYPES})  # float tensors: the writer converts them itself
+    t0 = time.perf_counter()
+    write_gguf(out, loaded.model, loaded.tokenizer, file_type, blocks=blocks, overwrite=overwrite,
+               source_gguf=source_gguf_for(loaded))
+    types: dict[str, int] = {}
+    for qtype in plan.values():
+        types[qtype.name] = types.get(qtype.name, 0) + 1
+    return {"spec": spec.to_dict(), "base_model": loaded.source, "format": "gguf", "gguf_type": file_type.upper(),
+            "tensor_types": types, "quantize_seconds": result.seconds, "layout_changes": {},
+            "quantized_modules": len(result.tensors), "write_seconds": time.perf_counter() - t0,
+            "tensors": result.tensors}

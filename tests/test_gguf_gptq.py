@@ -1,0 +1,144 @@
+"""GPTQ on GGML block grids (methods/ggml_grid.py) and the GGUF path of quantize (pipeline/gguf.py).
+
+Oracles: gguf-py's quants.dequantize decodes every block; the error of llama.cpp's own
+rounding is that of ggml_blocks.quantize (byte-identical to llama.cpp, tests/test_ggml_blocks.py).
+"""
+import json
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+
+import lowbit
+from lowbit.formats import ggml_blocks
+from lowbit.io.gguf_mixes import plan_types
+from lowbit.io.gguf_reader import open_gguf, read_gguf
+from lowbit.io.load import Loaded
+from lowbit.methods.ggml_grid import gptq_ggml
+from lowbit.spec import QuantSpec
+from test_cli import PROSE, run
+from test_gguf import needs_llamacpp, run_peer, tiny_llm, tiny_tok  # noqa: F401  (tiny_tok: fixture)
+
+
+def correlated_problem(rows=64, cols=512, n=2048, seed=0):
+    """W (rows, cols) and H = 2 X^T X / n for inputs with correlated columns of unequal scale."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.eye(cols) + 2 * torch.randn(cols, cols, generator=g) / cols ** 0.5
+    X = (torch.randn(n, cols, generator=g) @ mix) * torch.linspace(0.2, 3, cols)[torch.randperm(cols, generator=g)]
+    return torch.randn(rows, cols, generator=g) * 0.05, 2 * X.T @ X / n
+
+
+def output_error(Q, W, H) -> float:
+    """tr(dW H dW^T): the layer's squared output error on the calibration inputs (x2)."""
+    d = torch.as_tensor(np.asarray(Q), dtype=torch.float64) - W.double()
+    return float(torch.trace(d @ H.double() @ d.T))
+
+
+def decoded(blocks, qtype, shape):
+    return gguf.quants.dequantize(blocks, qtype).reshape(shape)
+
+
+@pytest.mark.parametrize("qtype", [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0])
+def test_gptq_on_block_grid_beats_llamacpp_rounding(qtype):
+    """Lower output error than llama.cpp's rounding, with and without an importance vector, on the
+    same block type; and the bytes decode to exactly the weights the walk would propagate."""
+    W, H = correlated_problem()
+    imp = (torch.diag(H) / 2).numpy()
+    plain = output_error(decoded(ggml_blocks.quantize(W.numpy(), qtype), qtype, W.shape), W, H)
+    weighted = output_error(decoded(ggml_blocks.quantize(W.numpy(), qtype, imp), qtype, W.shape), W, H)
+    for order in ("group", "none", "static"):
+        q = gptq_ggml(W, H, qtype, order=order)
+        assert q.blocks.shape == (W.shape[0], gguf.quants.quant_shape_to_byte_shape(W.shape, qtype)[1])
+        back = decoded(q.blocks, qtype, W.shape)
+        assert np.array_equal(back, q.values.numpy()), order  # bit for bit
+        err = output_error(back, W, H)
+        assert err < 0.75 * plain and err < 0.8 * weighted, (order, err, plain, weighted)  # measured 0.35-0.6
+
+
+def test_dead_inputs_and_float_types():
+    W, H = correlated_problem(rows=8, cols=256, n=512)
+    H[:, 5] = H[5, :] = 0  # an input that was always zero
+    q = gptq_ggml(W, H, T.Q4_K)
+    assert np.isfinite(q.values.numpy()).all()
+    assert np.array_equal(decoded(q.blocks, T.Q4_K, W.shape), q.values.numpy())
+    f16 = gptq_ggml(W, H, T.F16)
+    assert torch.equal(f16.values, W.half().float())
+
+
+def _tiny_loaded(tok, hidden=256):
+    return Loaded(tiny_llm("llama", hidden=hidden, vocab=len(tok)), tok, "tiny", "hf")
+
+
+def test_gguf_file_holds_the_propagated_model(tmp_path, tiny_tok):
+    """Every tensor of the written file decodes (gguf-py) to the weights the walk left in the model
+    it returns, with llama.cpp's types per tensor; GPTQ chose other codes than llama.cpp's rounding."""
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE)
+    files = {}
+    for method in ("gptq", "rtn"):
+        out = tmp_path / f"{method}.gguf"
+        s = lowbit.quantize(_tiny_loaded(tiny_tok), QuantSpec(method=method), out, format="gguf",
+                            gguf_type="Q3_K_M", calib=text, nsamples=4, seqlen=64)
+        assert s["quantized_modules"] == 14 and s["gguf_type"] == "Q3_K_M"
+        back, _ = read_gguf(out, with_tokenizer=False)
+        mine, theirs = s["loaded"].model.state_dict(), back.state_dict()
+        assert set(mine) == set(theirs)
+        for name in theirs:
+            assert torch.equal(mine[name], theirs[name]), name
+        plan = plan_types(s["loaded"].model, "Q3_K_M")
+        got = {t.name: t.tensor_type for t in open_gguf(out).tensors}
+        assert sorted(got.values()) == sorted(plan.values())
+        files[method] = {t.name: np.asarray(t.data).tobytes() for t in open_gguf(out).tensors}
+    differ = [n for n in files["rtn"] if files["rtn"][n] != files["gptq"][n]]
+    assert any(".attn_q." in n for n in differ) and any(".ffn_down." in n for n in differ), differ
+    assert "token_embd.weight" not in differ  # not a Linear of the walk: llama.cpp's rounding in both
+
+
+def test_cli_writes_gguf_and_refuses_bad_types(capsys, tmp_path, default_tokenizer):
+    d = tmp_path / "tiny256"
+    tiny_llm("llama", hidden=256, vocab=len(default_tokenizer)).save_pretrained(d)
+    default_tokenizer.save_pretrained(d)
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE)
+    out = tmp_path / "m.gguf"
+    code, stdout, err = run(["quantize", str(d), "-o", str(out), "--format", "gguf", "--gguf-type", "q4_k_m",
+                             "--method", "gptq", "--calib", str(text), "--nsamples", "4", "--seqlen", "64",
+                             "--no-eval", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["out"] == str(out) and summary["tensor_types"]["Q6_K"] == 3
+    model, _ = read_gguf(out)
+    assert model.config.hidden_size == 256
+    code, _, err = run(["quantize", str(d), "-o", str(out), "--format", "gguf", "--no-eval"], capsys)
+    assert code == 2 and "already exists" in err
+    for args, word in ((["--format", "gguf", "--gguf-type", "Q9_K"], "Q9_K"),
+                       (["--format", "gptq", "--gguf-type", "Q4_K_M"], "--format gguf")):
+        code, _, err = run(["quantize", str(d), "-o", str(tmp_path / "x.gguf"), *args, "--no-eval"], capsys)
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and word in lines[0], err
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@needs_llamacpp
+def test_llamacpp_runs_gptq_gguf(tmp_path, tiny_tok):
+    """llama.cpp's logits on a lowbit GPTQ file match lowbit's dequantized model as closely as on
+    files of llama.cpp's own rounding (tests/test_gguf.py: 3 % of mean |logit|, and at most half
+    the distance between the dequantized and the float model)."""
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE)
+    loaded = _tiny_loaded(tiny_tok)
+    float_model = tiny_llm("llama", hidden=256, vocab=len(tiny_tok))
+    out = tmp_path / "m.gguf"
+    s = lowbit.quantize(loaded, QuantSpec(method="gptq"), out, format="gguf", gguf_type="Q4_K_M", calib=text,
+                        nsamples=4, seqlen=64)
+    ids = tiny_tok("The river rises in the northern hills and flows south. " * 3)["input_ids"]
+    run_peer({"op": "logits", "model": str(out), "windows": [ids], "out": str(tmp_path / "lg")})
+    got = np.load(tmp_path / "lg.0.npy")
+    with torch.no_grad():
+        deq = s["loaded"].model(torch.tensor([ids])).logits[0].numpy()
+        flt = float_model(torch.tensor([ids])).logits[0].numpy()
+    err = np.abs(got - deq).mean()
+    assert err <= 0.03 * np.abs(deq).mean(), (err, np.abs(deq).mean())
+    assert err <= 0.5 * np.abs(deq - flt).mean(), (err, np.abs(deq - flt).mean())
