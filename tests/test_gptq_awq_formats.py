@@ -3,6 +3,7 @@ the documented layouts, read back exactly by lowbit, loaded into identical logit
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,37 @@ def test_gptqmodel_loads_the_files(tmp_path, default_tokenizer):
         # wrong zero point or code order would move them by whole grid steps
         assert (got - want).abs().max() < 1e-2 * want.abs().max(), name
         assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.95, name
+
+
+@pytest.mark.parametrize("fmt,spec", [
+    ("gptq", QuantSpec(bits=4, group_size=32, symmetric=False)),
+    ("gptq", QuantSpec(method="gptq", bits=4, group_size=32, clip="mse",
+                       method_args={"act_order": True, "static_groups": False})),
+    ("awq", QuantSpec(method="gptq", bits=4, group_size=32, symmetric=False, ignore=AWQ_IGNORE))],
+    ids=["rtn-gptq-w4g32a", "gptq-w4g32-dynamic-mse", "gptq-awq-w4g32a"])
+def test_walk_rounds_scales_to_the_stored_fp16(tmp_path, default_tokenizer, fmt, spec):
+    """The format declares fp16 scales (CheckpointFormat.scale_dtype); the walk fits its grids in
+    fp16 before choosing codes, so the file reloads to exactly the weights the walk propagated
+    (no rounding of scales after the fact, as _stored_scales does for the older tests)."""
+    from lowbit import api
+    from lowbit.io.formats import get_format
+    from lowbit.io.load import Loaded
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("The river rises in the northern hills and flows south to the sea. " * 40)
+    model = tiny_model("llama", vocab=VOCAB)
+    out = tmp_path / fmt
+    summary = api.quantize(Loaded(model, default_tokenizer, "tiny", "hf"), spec, out, calib=calib,
+                           nsamples=4, seqlen=32, format=fmt)
+    back = load_model(str(out))
+    walked = dict(model.named_modules())
+    assert set(back.quantized) == set(summary["loaded"].quantized) and back.quantized
+    for name, qt in back.quantized.items():
+        assert torch.equal(walked[name].weight, back.model.get_submodule(name).weight), name
+        assert torch.equal(qt.scale, qt.scale.half().float())
+    assert get_format(fmt).fit("x", spec, (64, 64)).scale_dtype == "float16"
+    assert get_format("compressed-tensors").fit("x", spec, (64, 64)).scale_dtype is None
+    # without the format's scale dtype the fp32 grid does not survive the file
+    control = tiny_model("llama", vocab=VOCAB)
+    result = quantize_model(control, replace(spec, method="rtn"), fit_layout=get_format(fmt).fit_layout)
+    assert any(not torch.equal(qt.scale, qt.scale.half().float()) for qt in result.tensors.values())

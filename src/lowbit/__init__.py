@@ -9,7 +9,10 @@ def __getattr__(name):
     if name in ("quantize", "evaluate", "load"):
         from lowbit import api
         return getattr(api, name)
+    if name == "export":  # lowbit.export(model, "gptq", out): convert between formats
+        from lowbit.export import export
+        return export
     raise AttributeError(name)
 
 
-__all__ = ["QuantSpec", "preset", "quantize", "evaluate", "load", "__version__"]
+__all__ = ["QuantSpec", "preset", "quantize", "evaluate", "load", "export", "__version__"]

@@ -82,7 +82,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     if out is not None:
         run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format}
         store = LayerStore(work_dir_for(out), run, resume, checkpoint_seconds)
-    result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit_layout, progress=progress,
+    result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit, progress=progress,
                             lazy=lazy, store=store, acts_budget_bytes=acts_memory_bytes)
     summary = {"spec": spec.to_dict(), "base_model": loaded.source, "quantize_seconds": result.seconds,
                "layout_changes": result.layout_changes, "calibration": calib_info,
@@ -173,7 +173,7 @@ def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "aut
     res["base"] = base_loaded.source if base_loaded else None
     src = Path(loaded.source)
     res["size_bytes"] = size_on_disk(src) if src.exists() else None
-    res["bits_per_weight"] = bits_per_weight(src) if src.is_dir() else None
+    res["bits_per_weight"] = bits_per_weight(src) if src.exists() else None
     if base_loaded is not None:
         bsrc = Path(base_loaded.source)
         res["base_size_bytes"] = size_on_disk(bsrc) if bsrc.exists() else None

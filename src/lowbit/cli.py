@@ -205,7 +205,7 @@ def info(model: Optional[str] = typer.Argument(None), allow_pickle: bool = typer
         "layers": m.config.num_hidden_layers, "hidden_size": m.config.hidden_size,
         "vocab_size": m.config.vocab_size, "quantized_layers": len(loaded.quantized),
         "layouts": layouts, "size_bytes": size_on_disk(src) if src.exists() else None,
-        "bits_per_weight": bits_per_weight(src) if src.is_dir() else None,
+        "bits_per_weight": bits_per_weight(src) if src.exists() else None,
         "base_model": loaded.meta.get("base_model"),
     }
     if as_json:
@@ -217,6 +217,35 @@ def info(model: Optional[str] = typer.Argument(None), allow_pickle: bool = typer
     for k, v in res.items():
         t.add_row(k, str(v))
     out.print(t)
+
+
+@app.command("export")
+def export_cmd(
+    model: Optional[str] = typer.Argument(None, help="float HF dir, lowbit/GPTQ/AWQ dir, or .gguf file"),
+    fmt: str = typer.Option(..., "--format", help="gguf, gptq, gptq-v2, awq or compressed-tensors"),
+    output: Path = typer.Option(..., "-o", "--output", help="output directory (NAME.gguf for gguf)"),
+    gguf_type: Optional[str] = typer.Option(None, help="GGUF file type (Q8_0, Q4_K_M, ...); default Q8_0"),
+    bits: Optional[int] = typer.Option(None, help="re-quantize to these bits (default: the source's)"),
+    group_size: Optional[int] = typer.Option(None, help="re-quantize to this group size (default: the source's)"),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="re-quantize to this grid (default: the source's)"),
+    overwrite: bool = typer.Option(False, help="replace OUT if it exists"),
+    allow_pickle: bool = typer.Option(False),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Convert MODEL to another format: losslessly where the target holds its codes, else by
+    round-to-nearest (with a one-line warning)."""
+    from lowbit.export import export
+
+    res = export(model, fmt, output, gguf_type=gguf_type, bits=bits, group_size=group_size, symmetric=sym,
+                 overwrite=overwrite, allow_pickle=allow_pickle,
+                 warn=lambda line: print(f"lowbit: warning: {line}", file=sys.stderr))
+    if as_json:
+        print(json.dumps(res, indent=2, default=str))
+        return
+    how = "lossless" if res["lossless"] else "lossy"
+    out.print(f"wrote [bold]{output}[/] ({res['format']}, {how}: {res['exact']} tensors exact, "
+              f"{res['scales_rounded']} with rounded scales, {res['requantized']} re-quantized"
+              + (f", {res['kept_float']} kept in float" if res["kept_float"] else "") + f"; {res['seconds']:.1f} s)")
 
 
 def main():

@@ -28,6 +28,10 @@ class QuantSpec:
     # per-module overrides: ("re:<regex>", {"bits": 8, ...}) in order, later ones win
     overrides: tuple[tuple[str, dict], ...] = ()
     method_args: dict[str, Any] = field(default_factory=dict)  # e.g. GPTQ damp_percent
+    # the dtype the output format stores scales in ("float16" for GPTQ/AWQ), set per module by
+    # the format's fit (io/formats.py): grids are rounded to it before codes are chosen, so the
+    # file dequantizes to exactly the weights the walk propagated. None: the working precision
+    scale_dtype: str | None = None
     # a GGML block type ("Q4_K", "Q5_0"): the grid is llama.cpp's, not bits/group_size/symmetric
     # (set per tensor by the GGUF path from the file type's mix; methods/ggml_grid.py)
     ggml_type: str | None = None
@@ -43,6 +47,8 @@ class QuantSpec:
                               "-1 for per channel or 0 for per tensor")
         if self.clip not in ("auto", "minmax", "mse"):
             raise LowbitError(f"clip={self.clip!r} is unknown: use 'auto', 'minmax' or 'mse'")
+        if self.scale_dtype not in (None, "float16", "bfloat16", "float32"):
+            raise LowbitError(f"scale_dtype={self.scale_dtype!r} is unknown: use float16, bfloat16 or float32")
 
     def for_module(self, name: str) -> "QuantSpec":
         """The spec that applies to one module, after per-module overrides."""

@@ -56,16 +56,29 @@ def _work(W: torch.Tensor) -> torch.Tensor:
     return W if W.dtype == torch.float64 else W.float()
 
 
-def _params_from_range(xmin, xmax, bits: int, symmetric: bool):
+def round_scale(scale: torch.Tensor, scale_dtype: str | None) -> torch.Tensor:
+    """Scales as a format stores them ("float16" for GPTQ/AWQ), kept in the working dtype, so
+    codes are chosen on the grid the file will hold. None: unchanged. A positive scale that
+    would underflow to 0 becomes the dtype's smallest normal number."""
+    if scale_dtype is None:
+        return scale
+    dtype = getattr(torch, scale_dtype)
+    if dtype == scale.dtype:
+        return scale
+    rounded = scale.to(dtype).to(scale.dtype)
+    return torch.where((rounded == 0) & (scale > 0), torch.finfo(dtype).tiny, rounded)
+
+
+def _params_from_range(xmin, xmax, bits: int, symmetric: bool, scale_dtype: str | None = None):
     maxq = 2**bits - 1
     if symmetric:
         half = 2 ** (bits - 1)
         scale = torch.maximum(xmin.abs(), xmax) / (half - 1)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = round_scale(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
         zero = torch.full_like(scale, float(half))
     else:
         scale = (xmax - xmin) / maxq
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = round_scale(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
         zero = torch.round(-xmin / scale).clamp(0, maxq)
     return scale, zero
 
@@ -76,24 +89,26 @@ def _fake_quant(x, scale, zero, maxq):
 
 
 def fit_grid(W: torch.Tensor, bits: int, symmetric: bool, group_size: int,
-             clip: str = "minmax") -> tuple[torch.Tensor, torch.Tensor]:
+             clip: str = "minmax", scale_dtype: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point per group: (rows, ngroups) float32 each (zero holds integers).
 
     clip="minmax" uses the full range; clip="mse" shrinks the range per group to the
-    factor that minimises sum |w - Q(w)|^2.4 (the clipping search of GPTQ's reference)."""
+    factor that minimises sum |w - Q(w)|^2.4 (the clipping search of GPTQ's reference).
+    scale_dtype: the dtype the output format stores scales in (round_scale); the search
+    and the zero points use the rounded scales."""
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
     G = _grouped(_work(W), group_size)  # (rows, ng, G)
     xmin = G.amin(dim=-1).clamp(max=0)
     xmax = G.amax(dim=-1).clamp(min=0)
-    scale, zero = _params_from_range(xmin, xmax, bits, symmetric)
+    scale, zero = _params_from_range(xmin, xmax, bits, symmetric, scale_dtype)
     if clip == "mse":
         maxq = 2**bits - 1
         best = torch.full_like(scale, float("inf"))
 
         def try_shrink(p):  # keep, per group, the shrink factor with the lowest error
             nonlocal best, scale, zero
-            s, z = _params_from_range(p * xmin, p * xmax, bits, symmetric)
+            s, z = _params_from_range(p * xmin, p * xmax, bits, symmetric, scale_dtype)
             err = (_fake_quant(G, s[..., None], z[..., None], maxq) - G).abs_().pow_(MSE_NORM).sum(-1)
             better = err < best
             best = torch.where(better, err, best)
@@ -164,11 +179,11 @@ class QuantizedTensor:
 
 
 def quantize_rtn(W: torch.Tensor, bits: int, symmetric: bool = True, group_size: int = 128,
-                 clip: str = "minmax") -> QuantizedTensor:
+                 clip: str = "minmax", scale_dtype: str | None = None) -> QuantizedTensor:
     """Round-to-nearest of a (out, in) weight onto its own fitted grid."""
     if W.ndim != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(W.shape)}")
-    scale, zero = fit_grid(W, bits, symmetric, group_size, clip)
+    scale, zero = fit_grid(W, bits, symmetric, group_size, clip, scale_dtype)
     g_idx = column_groups(W.shape[1], group_size, W.device)
     q = quantize_codes(W, scale, zero, bits, g_idx)
     return QuantizedTensor(q, scale, zero, g_idx, bits, group_size, symmetric)

@@ -160,4 +160,5 @@ def _detect(qconfig: dict) -> bool:
 
 from lowbit.io.formats import CheckpointFormat, register_format  # noqa: E402
 
-register_format(CheckpointFormat("awq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors))
+register_format(CheckpointFormat("awq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors,
+                                 scale_dtype="float16"))

@@ -7,7 +7,7 @@ GGUF is not here: it is a single file with its own block grids (io/gguf_*.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +31,17 @@ class CheckpointFormat:
     detect: Callable[[dict], bool]
     # (directory, quantization_config) -> (codes by module, every other tensor by name)
     read_tensors: Callable[[Path, dict], tuple[dict[str, QuantizedTensor], dict[str, torch.Tensor]]]
+    # dtype the files store scales in ("float16"); None: the model's dtype (float32 when lowbit
+    # loads a model), which is the walk's own precision
+    scale_dtype: str | None = None
+
+    def fit(self, name: str, spec: QuantSpec, shape: tuple) -> QuantSpec:
+        """fit_layout, plus the scale dtype: the spec the walk quantizes with, so that what it
+        propagates is exactly what the file dequantizes to (the walk's fit_layout hook)."""
+        spec = self.fit_layout(name, spec, shape)
+        if self.scale_dtype is not None and spec.scale_dtype != self.scale_dtype:
+            spec = replace(spec, scale_dtype=self.scale_dtype)
+        return spec
 
 
 FORMATS: dict[str, CheckpointFormat] = {}

@@ -257,5 +257,7 @@ def _config_v2(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
 
 from lowbit.io.formats import CheckpointFormat, register_format  # noqa: E402
 
-register_format(CheckpointFormat("gptq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors))
-register_format(CheckpointFormat("gptq-v2", fit_layout, _pack_v2, _config_v2, _detect_v2, read_tensors))
+register_format(CheckpointFormat("gptq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors,
+                                 scale_dtype="float16"))
+register_format(CheckpointFormat("gptq-v2", fit_layout, _pack_v2, _config_v2, _detect_v2, read_tensors,
+                                 scale_dtype="float16"))

@@ -53,7 +53,9 @@ def fix_config(config, raw: dict):
 
 
 def load_gguf(path: Path, dtype=torch.float32):
-    """A GGUF file dequantized to float by transformers, with its tokenizer."""
+    """A GGUF file dequantized to float by transformers, with its tokenizer. Only the default
+    model's one-time conversion (io/default_model.py) uses this, so its cached float directory
+    stays what it always was; every other .gguf goes through io/gguf_reader.read_gguf."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
@@ -84,7 +86,8 @@ def load_model(name: str | None = None, allow_pickle: bool = False, dtype=torch.
             raise LowbitError(f"GGUF file {path} does not exist: check the path")
         with file_checks.reading(path):  # hostile files: bounds-check first, then one-line errors
             file_checks.check_model_file(path, dtype.itemsize)
-            model, tok = load_gguf(path, dtype)
+            from lowbit.io.gguf_reader import read_gguf
+            model, tok = read_gguf(path, dtype)
         return Loaded(model, tok, str(path.resolve()), "gguf")
     if path.is_dir():
         with file_checks.reading(path):

@@ -96,10 +96,11 @@ def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, group_size: int,
                   clip: str = "minmax", damp_percent: float = 0.01, block_size: int = 128,
-                  act_order: bool = False, static_groups: bool = False,
+                  act_order: bool = False, static_groups: bool = False, scale_dtype: str | None = None,
                   dtype: torch.dtype = torch.float32) -> QuantizedTensor:
     """W (out, in), H (in, in) -> QuantizedTensor on a grid chosen as each group is reached.
-    The solve runs in `dtype` (float32; the inverse Hessian is formed in float64)."""
+    The solve runs in `dtype` (float32; the inverse Hessian is formed in float64); scales are
+    rounded to `scale_dtype` (what the output format stores) as each grid is fitted."""
     out, inp = W.shape
     W, H = prepare(W, H, dtype)
     maxq = 2**bits - 1
@@ -110,7 +111,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, 
         block_size = max(group_size, (block_size // group_size) * group_size)
     static = None
     if not grouped or static_groups:
-        static = fit_grid(W, bits, symmetric, group_size, clip)  # (rows, ngroups) each
+        static = fit_grid(W, bits, symmetric, group_size, clip, scale_dtype)  # (rows, ngroups) each
 
     perm = None
     if act_order:
@@ -139,7 +140,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, 
         else:
             if j % group_size == 0:  # a new group: its grid from the weights as updated so far
                 g = int(col_group[j])
-                gs, gz = fit_grid(WT[j:j + group_size].T, bits, symmetric, -1, clip)
+                gs, gz = fit_grid(WT[j:j + group_size].T, bits, symmetric, -1, clip, scale_dtype)
                 scale[:, g], zero[:, g] = gs[:, 0], gz[:, 0]
                 current["s"], current["z"] = gs[:, 0], gz[:, 0]
             s, z = current["s"], current["z"]
@@ -173,8 +174,9 @@ class GPTQ(Method):
         clip = "mse" if spec.clip == "auto" else spec.clip
         if observer is None or observer.n == 0:
             log.warning("no calibration inputs reached this layer: using round-to-nearest")
-            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip)
+            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip, spec.scale_dtype)
         a = spec.method_args
         return gptq_quantize(W, observer.H, spec.bits, spec.symmetric, spec.group_size, clip,
                              damp_percent=a.get("damp_percent", 0.01), block_size=a.get("block_size", 128),
-                             act_order=a.get("act_order", True), static_groups=a.get("static_groups", True))
+                             act_order=a.get("act_order", True), static_groups=a.get("static_groups", True),
+                             scale_dtype=spec.scale_dtype)

@@ -14,4 +14,4 @@ class RTN(Method):
             from lowbit.methods.ggml_grid import quantize_on_ggml_grid
             return quantize_on_ggml_grid(W, spec, observer)
         clip = "minmax" if spec.clip == "auto" else spec.clip  # the classic baseline
-        return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip)
+        return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip, spec.scale_dtype)
