@@ -130,6 +130,28 @@ def test_gguf_targets_and_sources(dirs, tmp_path, capsys, tiny_tok):
     assert code == 0 and json.loads(out3)["bits_per_weight"] == bits_per_weight(dirs / "gptq") > 4
 
 
+@pytest.mark.parametrize("ftype,fmt", [("Q4_0", "gptq"), ("Q4_0", "awq"), ("Q8_0", "gptq"), ("Q5_0", "compressed-tensors")])
+def test_gguf_integer_blocks_repack_losslessly(tmp_path, tiny_tok, ftype, fmt):
+    """Q8_0 / Q4_0 / Q5_0 blocks are w = d * (q - 2**(b-1)) in groups of 32 with an fp16 d: they move into
+    integer formats that hold those bits without re-quantizing, and dequantize to the GGUF's weights."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from lowbit.io.gguf_writer import write_gguf
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    f = write_gguf(tmp_path / "m.gguf", model, tiny_tok, ftype)
+    s = export(str(f), fmt, tmp_path / "out")
+    assert s["lossless"] and s["exact"] == 7 and s["requantized"] == 0
+    src, dst = load_model(str(f)).model, load_model(str(tmp_path / "out"))
+    assert {qt.bits for qt in dst.quantized.values()} == {int(ftype[1])}
+    for name in dst.quantized:
+        assert torch.equal(src.get_submodule(name).weight, dst.model.get_submodule(name).weight), name
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--format", "onnx", "-o", "{t}/o"], ["unknown export format 'onnx'", "gguf"]),
     (["--format", "gguf", "-o", "{t}/o"], ["must end in .gguf", "-o NAME.gguf"]),

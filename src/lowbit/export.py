@@ -12,6 +12,8 @@ written file dequantizes to bit-identical weights):
                        a layer AWQ cannot pack (out % 8 != 0) is kept in float, also exact
   GGUF -> GGUF         per tensor, when the file type's mix gives it the source's block type
                        (the bytes are copied); F32 (and F16 from F16) tensors are exact
+  GGUF -> integer      Q8_0 / Q4_0 / Q5_0 tensors (w = d * (q - 2**(b-1)), fp16 d per 32 weights)
+                       where the target holds 8 / 4 / 5 bits in groups of 32
   any -> GGUF F32      the dequantized weights, exactly
 When only the scales do not fit (fp32 scales of a compressed-tensors file into GPTQ/AWQ's
 fp16), the codes are kept and the scales rounded (a relative change below 2^-11). Everything
@@ -62,6 +64,8 @@ def export(model: str | None, format: str, out: str | Path, *, gguf_type: str | 
         summary = _to_gguf(loaded, out, (gguf_type or DEFAULT_GGUF_TYPE).upper(), overwrite)
     elif loaded.quantized:
         summary = _repack(loaded, format, out, bits, group_size, symmetric, overwrite)
+    elif loaded.kind == "gguf":
+        summary = _from_gguf(loaded, format, out, bits, group_size, symmetric, overwrite)
     else:
         summary = _quantize_float(loaded, format, out, bits, group_size, symmetric, overwrite)
     summary.update(source=loaded.source, source_kind=loaded.kind, format=format, out=str(out),
@@ -187,6 +191,117 @@ def _reason(qt: QuantizedTensor, fitted: QuantSpec, fmt: str) -> str:
     if qt.act_order and fmt not in ("gptq", "gptq-v2"):
         return f"{fmt} has no per-column g_idx (act-order)"
     return f"{fmt} stores group size {fitted.group_size}, not {qt.group_size}"
+
+
+def _from_gguf(loaded, fmt: str, out: Path, bits, group_size, symmetric, overwrite) -> dict:
+    """GGUF -> integer format: Q8_0 / Q4_0 / Q5_0 blocks are symmetric integer grids (w = d * (q - z),
+    fp16 d per 32 weights), so their codes and scales move exactly where the target holds
+    that many bits in groups of 32; every other Linear is dequantized and re-quantized (RTN)."""
+    from lowbit.pipeline.sequential import target_linears
+
+    writer = get_format(fmt)
+    spec = QuantSpec(bits=DEFAULT_BITS if bits is None else bits,
+                     group_size=DEFAULT_GROUP if group_size is None else group_size,
+                     symmetric=True if symmetric is None else symmetric)
+    exact_codes = gguf_codes(Path(loaded.source), loaded.model)
+    tensors: dict[str, QuantizedTensor] = {}
+    counts = {"exact": 0, "scales_rounded": 0, "requantized": 0, "kept_float": 0}
+    kinds: set[str] = set()
+    for name, module in target_linears(loaded.model, spec).items():
+        W = module.weight.detach()
+        qt = exact_codes.get(name)
+        if qt is not None and (bits in (None, qt.bits) and group_size in (None, qt.group_size)
+                               and symmetric in (None, True)):
+            try:
+                fitted = writer.fit(name, _wanted(qt, None, None, None), qt.shape)
+            except LowbitError:
+                fitted = None
+            if fitted is not None and _holds(qt, fitted, fmt) and torch.equal(
+                    round_scale(qt.scale, fitted.scale_dtype), qt.scale):
+                tensors[name] = qt
+                counts["exact"] += 1
+                continue
+        try:
+            fitted = writer.fit(name, spec, tuple(W.shape))
+        except LowbitError:
+            if fmt == "awq" and W.shape[0] % 8:
+                counts["kept_float"] += 1
+                continue
+            raise
+        tensors[name] = quantize_rtn(W, fitted.bits, fitted.symmetric, fitted.group_size, "minmax",
+                                     fitted.scale_dtype)
+        counts["requantized"] += 1
+        kinds.add(f"{fitted.bits}-bit groups of {fitted.group_size}")
+    meta = {"base_model": loaded.source, "exported_from": {"source": loaded.source, "format": "gguf", **counts}}
+    from lowbit.io.checkpoint import save_quantized
+    save_quantized(out, loaded.model, loaded.tokenizer, tensors, meta, overwrite, fmt)
+    return {**counts, "tensors": len(tensors) + counts["kept_float"],
+            "requantize_reason": "dequantized GGUF weights to " + ", ".join(sorted(kinds)),
+            "scale_dtype": writer.scale_dtype}
+
+
+# GGML block types that are symmetric integer grids: (bits, bytes per block of 32); w = d * (q - 2**(bits-1))
+_GGML_INT = {"Q8_0": (8, 34), "Q4_0": (4, 18), "Q5_0": (5, 22)}
+
+
+def _decode_block_codes(kind: str, blocks: np.ndarray) -> np.ndarray:
+    """(rows, nblocks, bytes) -> unsigned codes (rows, nblocks, 32) in [0, 2**bits), zero 2**(bits-1)."""
+    body = blocks[..., 2:]
+    if kind == "Q8_0":  # 32 int8
+        return body.view(np.int8).astype(np.int16) + 128
+    if kind == "Q4_0":  # 16 bytes: low nibbles are weights 0..15, high nibbles 16..31
+        return np.concatenate([body & 0x0F, body >> 4], axis=-1).astype(np.int16)
+    qh = body[..., :4].copy().view(np.uint32)  # (rows, nb, 1): the 5th bit of each weight
+    qs = body[..., 4:]
+    j = np.arange(16, dtype=np.uint32)
+    lo = (qs & 0x0F) | (((qh >> j) << 4) & 0x10).astype(np.uint8)
+    hi = (qs >> 4) | ((qh >> (j + 12)) & 0x10).astype(np.uint8)
+    return np.concatenate([lo, hi], axis=-1).astype(np.int16)
+
+
+def gguf_codes(path: Path, model) -> dict[str, QuantizedTensor]:
+    """The Linear weights of a GGUF stored as Q8_0 / Q4_0 / Q5_0, as integer codes and fp16 scales
+    per group of 32 in HF row order; each checked to dequantize exactly as gguf-py does."""
+    import gguf
+
+    from lowbit.formats.int_affine import column_groups
+    from lowbit.io.gguf_names import gguf_arch, gguf_names, qk_heads, unpermute_qk
+    from lowbit.io.gguf_reader import open_gguf
+
+    cfg = model.config
+    r = open_gguf(path)
+    by_name = {t.name: t for t in r.tensors}
+    arch = gguf_arch(cfg.model_type)
+    n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    linears = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    out = {}
+    for hf, g in gguf_names(cfg.model_type, linears, cfg.num_hidden_layers).items():
+        t = by_name.get(g)
+        if t is None or t.tensor_type.name not in _GGML_INT:
+            continue
+        bits, size = _GGML_INT[t.tensor_type.name]
+        data = np.asarray(t.data)
+        rows = data.shape[0]
+        blocks = data.reshape(rows, -1, size)
+        d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, nblocks)
+        q = _decode_block_codes(t.tensor_type.name, blocks).reshape(rows, -1)
+        heads = qk_heads(arch, g, cfg.num_attention_heads, n_kv)
+        if heads:
+            d, q = unpermute_qk(d, heads), unpermute_qk(q, heads)
+        cols = q.shape[1]
+        half = 2 ** (bits - 1)
+        qt = QuantizedTensor(torch.from_numpy(np.ascontiguousarray(q).astype(np.uint8)),
+                             torch.from_numpy(np.ascontiguousarray(d)), torch.full(d.shape, float(half)),
+                             column_groups(cols, 32), bits, 32, True)
+        ref = gguf.quants.dequantize(data, t.tensor_type).reshape(rows, cols)
+        if heads:
+            ref = unpermute_qk(ref, heads)
+        if torch.equal(qt.dequantize(), torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))):
+            out[hf[: -len(".weight")]] = qt
+        else:  # not expected; re-quantizing is then the safe path
+            log.warning("%s: %s codes do not reproduce gguf-py's dequantization; re-quantizing it", g,
+                        t.tensor_type.name)
+    return out
 
 
 def _quantize_float(loaded, fmt: str, out: Path, bits, group_size, symmetric, overwrite) -> dict:
