@@ -130,14 +130,16 @@ def test_gguf_targets_and_sources(dirs, tmp_path, capsys, tiny_tok):
     assert code == 0 and json.loads(out3)["bits_per_weight"] == bits_per_weight(dirs / "gptq") > 4
 
 
-@pytest.mark.parametrize("ftype,fmt", [("Q4_0", "gptq"), ("Q4_0", "awq"), ("Q8_0", "gptq"), ("Q5_0", "compressed-tensors")])
+@pytest.mark.parametrize("ftype,fmt", [("Q4_0", "gptq"), ("Q4_0", "awq"), ("Q8_0", "gptq"), ("Q5_0", "compressed-tensors"),
+                                      ("Q6_K", "compressed-tensors"), ("Q3_K_S", "compressed-tensors"), ("Q3_K_S", "gptq")])
 def test_gguf_integer_blocks_repack_losslessly(tmp_path, tiny_tok, ftype, fmt):
-    """Q8_0 / Q4_0 / Q5_0 blocks are w = d * (q - 2**(b-1)) in groups of 32 with an fp16 d: they move into
-    integer formats that hold those bits without re-quantizing, and dequantize to the GGUF's weights."""
+    """Q8_0 / Q4_0 / Q5_0 blocks are w = d * (q - 2**(b-1)) in groups of 32 with an fp16 d, Q6_K / Q3_K
+    w = d * sc * (q - 2**(b-1)) in groups of 16: they move into integer formats that hold those bits
+    without re-quantizing, and dequantize to the GGUF's weights (Q3_K into GPTQ: fp16-rounded scales)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from lowbit.io.gguf_writer import write_gguf
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+    cfg = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg).eval()
@@ -145,11 +147,17 @@ def test_gguf_integer_blocks_repack_losslessly(tmp_path, tiny_tok, ftype, fmt):
         p.data.normal_(0, 0.05)
     f = write_gguf(tmp_path / "m.gguf", model, tiny_tok, ftype)
     s = export(str(f), fmt, tmp_path / "out")
+    src, dst = load_model(str(f)), load_model(str(tmp_path / "out"))
+    assert {qt.bits for qt in dst.quantized.values()} == {int(ftype[1])} and len(dst.quantized) == 7
+    if ftype == "Q3_K_S" and fmt == "gptq":
+        assert s["scales_rounded"] == 7 and s["requantized"] == 0 and "lossy" in s["warning"]
+        for name, qt in dst.quantized.items():
+            w = src.model.get_submodule(name).weight
+            torch.testing.assert_close(qt.dequantize(), w, rtol=2**-10, atol=0)
+        return
     assert s["lossless"] and s["exact"] == 7 and s["requantized"] == 0
-    src, dst = load_model(str(f)).model, load_model(str(tmp_path / "out"))
-    assert {qt.bits for qt in dst.quantized.values()} == {int(ftype[1])}
     for name in dst.quantized:
-        assert torch.equal(src.get_submodule(name).weight, dst.model.get_submodule(name).weight), name
+        assert torch.equal(src.model.get_submodule(name).weight, dst.model.get_submodule(name).weight), name
 
 
 @pytest.mark.parametrize("argv,words", [

@@ -12,8 +12,9 @@ written file dequantizes to bit-identical weights):
                        a layer AWQ cannot pack (out % 8 != 0) is kept in float, also exact
   GGUF -> GGUF         per tensor, when the file type's mix gives it the source's block type
                        (the bytes are copied); F32 (and F16 from F16) tensors are exact
-  GGUF -> integer      Q8_0 / Q4_0 / Q5_0 tensors (w = d * (q - 2**(b-1)), fp16 d per 32 weights)
-                       where the target holds 8 / 4 / 5 bits in groups of 32
+  GGUF -> integer      Q8_0 / Q4_0 / Q5_0 tensors (w = d * (q - 2**(b-1)), fp16 d per 32 weights) and
+                       Q6_K / Q3_K (scale d * sc per 16 weights) where the target holds those bits,
+                       groups and scales (fp16 in GPTQ/AWQ, fp32 in compressed-tensors)
   any -> GGUF F32      the dequantized weights, exactly
 When only the scales do not fit (fp32 scales of a compressed-tensors file into GPTQ/AWQ's
 fp16), the codes are kept and the scales rounded (a relative change below 2^-11). Everything
@@ -111,7 +112,7 @@ def _warning(s: dict) -> str:
                      f" ({s['requantize_reason']})")
     if s["scales_rounded"]:
         parts.append(f"{s['scales_rounded']} tensors kept their codes with scales rounded to "
-                     f"{s['scale_dtype']} (relative change <= 2^-11)")
+                     f"{s['scale_dtype']} (relative change about 2^-11)")
     return "this conversion is lossy: " + "; ".join(parts)
 
 
@@ -194,9 +195,9 @@ def _reason(qt: QuantizedTensor, fitted: QuantSpec, fmt: str) -> str:
 
 
 def _from_gguf(loaded, fmt: str, out: Path, bits, group_size, symmetric, overwrite) -> dict:
-    """GGUF -> integer format: Q8_0 / Q4_0 / Q5_0 blocks are symmetric integer grids (w = d * (q - z),
-    fp16 d per 32 weights), so their codes and scales move exactly where the target holds
-    that many bits in groups of 32; every other Linear is dequantized and re-quantized (RTN)."""
+    """GGUF -> integer format: Q8_0 / Q4_0 / Q5_0 / Q6_K / Q3_K blocks are symmetric integer grids
+    (gguf_codes), so their codes and scales move exactly where the target holds those bits, groups
+    and scales; every other Linear is dequantized and re-quantized (RTN)."""
     from lowbit.pipeline.sequential import target_linears
 
     writer = get_format(fmt)
@@ -216,10 +217,14 @@ def _from_gguf(loaded, fmt: str, out: Path, bits, group_size, symmetric, overwri
                 fitted = writer.fit(name, _wanted(qt, None, None, None), qt.shape)
             except LowbitError:
                 fitted = None
-            if fitted is not None and _holds(qt, fitted, fmt) and torch.equal(
-                    round_scale(qt.scale, fitted.scale_dtype), qt.scale):
-                tensors[name] = qt
-                counts["exact"] += 1
+            if fitted is not None and _holds(qt, fitted, fmt):
+                scale = round_scale(qt.scale, fitted.scale_dtype)
+                if torch.equal(scale, qt.scale):
+                    tensors[name] = qt
+                    counts["exact"] += 1
+                else:  # k-quant scales d * sc are exact in fp32, rarely in fp16: keep the codes
+                    tensors[name] = replace(qt, scale=scale)
+                    counts["scales_rounded"] += 1
                 continue
         try:
             fitted = writer.fit(name, spec, tuple(W.shape))
@@ -240,28 +245,51 @@ def _from_gguf(loaded, fmt: str, out: Path, bits, group_size, symmetric, overwri
             "scale_dtype": writer.scale_dtype}
 
 
-# GGML block types that are symmetric integer grids: (bits, bytes per block of 32); w = d * (q - 2**(bits-1))
-_GGML_INT = {"Q8_0": (8, 34), "Q4_0": (4, 18), "Q5_0": (5, 22)}
+# GGML block types that are symmetric integer grids, w = scale * (q - 2**(bits-1)):
+# type -> (bits, weights per group, bytes per block of the type)
+_GGML_INT = {"Q8_0": (8, 32, 34), "Q4_0": (4, 32, 18), "Q5_0": (5, 32, 22),
+             "Q6_K": (6, 16, 210), "Q3_K": (3, 16, 110)}
 
 
-def _decode_block_codes(kind: str, blocks: np.ndarray) -> np.ndarray:
-    """(rows, nblocks, bytes) -> unsigned codes (rows, nblocks, 32) in [0, 2**bits), zero 2**(bits-1)."""
-    body = blocks[..., 2:]
-    if kind == "Q8_0":  # 32 int8
-        return body.view(np.int8).astype(np.int16) + 128
-    if kind == "Q4_0":  # 16 bytes: low nibbles are weights 0..15, high nibbles 16..31
-        return np.concatenate([body & 0x0F, body >> 4], axis=-1).astype(np.int16)
-    qh = body[..., :4].copy().view(np.uint32)  # (rows, nb, 1): the 5th bit of each weight
-    qs = body[..., 4:]
-    j = np.arange(16, dtype=np.uint32)
-    lo = (qs & 0x0F) | (((qh >> j) << 4) & 0x10).astype(np.uint8)
-    hi = (qs >> 4) | ((qh >> (j + 12)) & 0x10).astype(np.uint8)
-    return np.concatenate([lo, hi], axis=-1).astype(np.int16)
+def _decode_blocks(kind: str, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks (n, bytes) -> unsigned codes (n, weights per block) int16 and scales (n, groups per
+    block) float32, for w = scale * (code - 2**(bits-1)) (layouts as in gguf-py / ggml-quants.c)."""
+    n = b.shape[0]
+    if kind in ("Q8_0", "Q4_0", "Q5_0"):  # fp16 d, then the codes of 32 weights
+        d = b[:, :2].copy().view(np.float16).astype(np.float32)
+        body = b[:, 2:]
+        if kind == "Q8_0":
+            return body.view(np.int8).astype(np.int16) + 128, d
+        if kind == "Q4_0":  # low nibbles are weights 0..15, high nibbles 16..31
+            return np.concatenate([body & 0x0F, body >> 4], axis=-1).astype(np.int16), d
+        qh = body[:, :4].copy().view(np.uint32)  # the 5th bit of each weight
+        qs = body[:, 4:]
+        j = np.arange(16, dtype=np.uint32)
+        lo = (qs & 0x0F) | (((qh >> j) << 4) & 0x10).astype(np.uint8)
+        hi = (qs >> 4) | ((qh >> (j + 12)) & 0x10).astype(np.uint8)
+        return np.concatenate([lo, hi], axis=-1).astype(np.int16), d
+    if kind == "Q6_K":  # ql 128, qh 64, int8 scales 16, fp16 d: scale d * sc per 16 weights
+        ql, qh, sc, d = b[:, :128], b[:, 128:192], b[:, 192:208], b[:, 208:210]
+        scale = d.copy().view(np.float16).astype(np.float32) * sc.view(np.int8).astype(np.float32)
+        ql = (ql.reshape(n, -1, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0x0F
+        qh = (qh.reshape(n, -1, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 0x03
+        return (ql.reshape(n, -1, 32) | (qh.reshape(n, -1, 32) << 4)).reshape(n, 256).astype(np.int16), scale
+    # Q3_K: hmask 32, qs 64, 12 bytes of 6-bit scales, fp16 d: scale d * (sc - 32) per 16 weights
+    hmask, qs, sc, d = b[:, :32], b[:, 32:96], b[:, 96:108], b[:, 108:110]
+    lo = (sc[:, :8].reshape(n, 1, 8) >> np.array([0, 4], dtype=np.uint8).reshape(1, 2, 1)).reshape(n, 16)
+    hi = (sc[:, 8:].reshape(n, 1, 4) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)).reshape(n, 16)
+    sc = ((lo & 0x0F) | ((hi & 0x03) << 4)).astype(np.int16) - 32
+    scale = d.copy().view(np.float16).astype(np.float32) * sc.astype(np.float32)
+    ql = (qs.reshape(n, -1, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)).reshape(n, 16, 16) & 3
+    high = (hmask.reshape(n, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)).reshape(n, 16, 16) & 1
+    # value = ql - 4 * (1 - high): code = value + 4 = ql + 4 * high
+    return (ql.astype(np.int16) + 4 * high.astype(np.int16)).reshape(n, 256), scale
 
 
 def gguf_codes(path: Path, model) -> dict[str, QuantizedTensor]:
-    """The Linear weights of a GGUF stored as Q8_0 / Q4_0 / Q5_0, as integer codes and fp16 scales
-    per group of 32 in HF row order; each checked to dequantize exactly as gguf-py does."""
+    """The Linear weights of a GGUF stored in a symmetric integer block type (Q8_0, Q4_0, Q5_0,
+    Q6_K, Q3_K) as codes and scales per group (32, or 16 for k-quant sub-blocks) in HF row order;
+    each checked to dequantize exactly as gguf-py does."""
     import gguf
 
     from lowbit.formats.int_affine import column_groups
@@ -279,20 +307,19 @@ def gguf_codes(path: Path, model) -> dict[str, QuantizedTensor]:
         t = by_name.get(g)
         if t is None or t.tensor_type.name not in _GGML_INT:
             continue
-        bits, size = _GGML_INT[t.tensor_type.name]
+        bits, group, size = _GGML_INT[t.tensor_type.name]
         data = np.asarray(t.data)
         rows = data.shape[0]
-        blocks = data.reshape(rows, -1, size)
-        d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, nblocks)
-        q = _decode_block_codes(t.tensor_type.name, blocks).reshape(rows, -1)
+        q, scale = _decode_blocks(t.tensor_type.name, data.reshape(-1, size))
+        q, scale = q.reshape(rows, -1), scale.reshape(rows, -1)
         heads = qk_heads(arch, g, cfg.num_attention_heads, n_kv)
         if heads:
-            d, q = unpermute_qk(d, heads), unpermute_qk(q, heads)
+            q, scale = unpermute_qk(q, heads), unpermute_qk(scale, heads)
         cols = q.shape[1]
-        half = 2 ** (bits - 1)
         qt = QuantizedTensor(torch.from_numpy(np.ascontiguousarray(q).astype(np.uint8)),
-                             torch.from_numpy(np.ascontiguousarray(d)), torch.full(d.shape, float(half)),
-                             column_groups(cols, 32), bits, 32, True)
+                             torch.from_numpy(np.ascontiguousarray(scale)),
+                             torch.full(scale.shape, float(2 ** (bits - 1))),
+                             column_groups(cols, group), bits, group, True)
         ref = gguf.quants.dequantize(data, t.tensor_type).reshape(rows, cols)
         if heads:
             ref = unpermute_qk(ref, heads)
