@@ -104,7 +104,7 @@ def test_output_is_atomic_when_writing_fails(tmp_path, default_tokenizer, monkey
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(shards, "save_file", boom)
+    monkeypatch.setattr(shards.ShardWriter, "_flush", boom)  # the shard file being written
     with pytest.raises(OSError):
         save_quantized(tmp_path / "q", model, default_tokenizer, result.tensors, {})
     assert list(tmp_path.iterdir()) == []  # no OUT, no temporary left behind

@@ -16,7 +16,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 import lowbit
 from lowbit.errors import LowbitError
 from lowbit.io.load import load_model
-from lowbit.io.shards import ShardWriter
 from lowbit.pipeline.layer_store import work_dir_for
 from tiny import VOCAB, tiny_config, tiny_model
 
@@ -101,13 +100,6 @@ def test_shards_split_and_load(tmp_path, default_tokenizer, text_file):
     ids = torch.randint(0, VOCAB, (1, 16))
     assert torch.equal(a.model(ids).logits, b.model(ids).logits)
     assert one["quantized_modules"] == len(b.quantized) == 14
-
-
-def test_shard_writer_refuses_duplicates(tmp_path):
-    w = ShardWriter(tmp_path)
-    w.add({"a": torch.zeros(2)})
-    with pytest.raises(ValueError):
-        w.add({"a": torch.zeros(2)})
 
 
 def _kill_model(path: Path, tokenizer) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from lowbit.errors import LowbitError
+from lowbit.memory import release_free_memory
 
 WIKI_FILE = "data/summaries_en-us.json"
 EVAL_EVERY = 5
@@ -90,6 +91,7 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
 def calibration_samples(tokenizer, text: str, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     """nsamples random windows of seqlen tokens (N, T), reproducible from the seed."""
     ids = tokenize(tokenizer, text)
+    release_free_memory()  # the tokenizer's working memory (0.4 GB for the default text)
     if len(ids) <= seqlen:
         raise LowbitError(f"calibration text has {len(ids)} tokens, fewer than --seqlen {seqlen}: "
                           "give a longer --calib file or a smaller --seqlen")

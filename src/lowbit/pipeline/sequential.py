@@ -17,6 +17,7 @@ import torch
 
 from lowbit.arch import arch_for, decoder_layers
 from lowbit.formats import QuantizedTensor
+from lowbit.memory import release_free_memory
 from lowbit.methods import get_method
 from lowbit.pipeline.activations import Activations, default_budget_bytes
 from lowbit.pipeline.capture import StopAfter, capture_first_layer_inputs, run_layer
@@ -133,6 +134,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 result.layout_changes[name] = change
             mspec = fitted
         qt = method.quantize(module.weight.data, mspec, observer)
+        release_free_memory()
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
         result.tensors[name], result.specs[name] = qt, mspec
 
@@ -201,6 +203,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                             lazy=lazy is not None)
             if lazy is not None:
                 lazy.release(layer)
+            release_free_memory()  # freed activations and solve work stay with the process otherwise
             if progress:
                 progress("layers", i + 1, len(layers))
     finally:  # spilled activations never outlive the walk
