@@ -65,6 +65,23 @@ def test_hessian_running_mean_equals_batch_formula():
     torch.testing.assert_close(H, 2 * X.T @ X / X.shape[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("width", [80, 300, 1100])
+def test_hessian_blocks_against_float64_reference(width):
+    """The upper-block-triangle accumulation (blocks of 128 at 300 wide, 275 at 1100, a
+    ragged last block) over uneven batches equals 2 X^T X / n computed in float64, and is
+    exactly symmetric; reading H between batches does not disturb the accumulation."""
+    g = torch.Generator().manual_seed(width)
+    X = torch.randn(700, width, generator=g) * torch.linspace(0.1, 4, width)
+    obs = HessianObserver(width)
+    obs.add_batch(X[:100])
+    _ = obs.H  # a read in between
+    obs.add_batch(X[100:350].reshape(5, 50, width))  # (B, T, C) batches are flattened
+    obs.add_batch(X[350:])
+    ref = (2 * X.double().T @ X.double() / X.shape[0]).float()
+    torch.testing.assert_close(obs.H, ref, rtol=2e-5, atol=2e-4)
+    assert torch.equal(obs.H, obs.H.T)
+
+
 @pytest.mark.parametrize("bits,sym,group", [(4, True, -1), (3, False, -1), (4, True, 16), (2, False, 32)])
 @pytest.mark.parametrize("block", [128, 16])
 def test_same_codes_as_reference(bits, sym, group, block):

@@ -12,6 +12,7 @@ fast kernels of natural groups); spec.clip "auto" means an MSE clipping search.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -63,6 +64,28 @@ def prepare(W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype = torch.float32
     return W, H
 
 
+@dataclass
+class HessianFactor:
+    """What GPTQ derives from a Hessian alone: its dead inputs, the act-order permutation and
+    the upper Cholesky factor of the dampened inverse in that order. Linears that read the
+    same input (q/k/v, gate/up) share one, so it is computed once per input."""
+    dead: torch.Tensor            # (in,) bool
+    perm: torch.Tensor | None     # processing order (act-order), None for natural order
+    U: torch.Tensor               # (in, in)
+
+
+def hessian_factor(H: torch.Tensor, damp_percent: float = 0.01, act_order: bool = False,
+                   dtype: torch.dtype = torch.float32) -> HessianFactor:
+    H = H.to(dtype).clone()
+    dead = torch.diag(H) == 0  # inputs always zero in the calibration data
+    H[dead, dead] = 1
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        H = H[perm][:, perm]
+    return HessianFactor(dead, perm, _inverse_cholesky(H, damp_percent).to(dtype))
+
+
 def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
                   round_column: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """GPTQ's column loop with lazy block updates, for any grid.
@@ -97,12 +120,16 @@ def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, group_size: int,
                   clip: str = "minmax", damp_percent: float = 0.01, block_size: int = 128,
                   act_order: bool = False, static_groups: bool = False, scale_dtype: str | None = None,
-                  dtype: torch.dtype = torch.float32) -> QuantizedTensor:
+                  dtype: torch.dtype = torch.float32, factor: HessianFactor | None = None) -> QuantizedTensor:
     """W (out, in), H (in, in) -> QuantizedTensor on a grid chosen as each group is reached.
     The solve runs in `dtype` (float32; the inverse Hessian is formed in float64); scales are
-    rounded to `scale_dtype` (what the output format stores) as each grid is fitted."""
+    rounded to `scale_dtype` (what the output format stores) as each grid is fitted.
+    factor: hessian_factor(H, damp_percent, act_order) when already computed."""
     out, inp = W.shape
-    W, H = prepare(W, H, dtype)
+    if factor is None:
+        factor = hessian_factor(H, damp_percent, act_order, dtype)
+    W = W.to(dtype).clone()
+    W[:, factor.dead] = 0  # their weights do not matter
     maxq = 2**bits - 1
 
     grouped = group_size > 0
@@ -113,11 +140,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, 
     if not grouped or static_groups:
         static = fit_grid(W, bits, symmetric, group_size, clip, scale_dtype)  # (rows, ngroups) each
 
-    perm = None
-    if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-    U = _inverse_cholesky(H, damp_percent).to(dtype)  # (in, in) upper factor of H^-1
+    perm, U = factor.perm, factor.U  # U: (in, in) upper factor of H^-1, in processing order
+    if perm is not None:
+        W = W[:, perm]
 
     ng = -(-inp // group_size) if grouped else 1
     scale = torch.zeros(out if group_size != 0 else 1, ng, dtype=dtype)
@@ -176,7 +201,11 @@ class GPTQ(Method):
             log.warning("no calibration inputs reached this layer: using round-to-nearest")
             return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip, spec.scale_dtype)
         a = spec.method_args
+        damp, act_order = a.get("damp_percent", 0.01), a.get("act_order", True)
+        factors = observer.__dict__.setdefault("gptq_factors", {})  # shared input, shared factor
+        if (damp, act_order) not in factors:
+            factors[damp, act_order] = hessian_factor(observer.H, damp, act_order)
         return gptq_quantize(W, observer.H, spec.bits, spec.symmetric, spec.group_size, clip,
-                             damp_percent=a.get("damp_percent", 0.01), block_size=a.get("block_size", 128),
-                             act_order=a.get("act_order", True), static_groups=a.get("static_groups", True),
-                             scale_dtype=spec.scale_dtype)
+                             damp_percent=damp, block_size=a.get("block_size", 128), act_order=act_order,
+                             static_groups=a.get("static_groups", True), scale_dtype=spec.scale_dtype,
+                             factor=factors[damp, act_order])
