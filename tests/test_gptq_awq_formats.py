@@ -300,15 +300,16 @@ def test_gptqmodel_loads_the_files(tmp_path, default_tokenizer):
 
 
 @pytest.mark.parametrize("fmt,spec", [
-    ("gptq", QuantSpec(bits=4, group_size=32, symmetric=False)),
-    ("gptq", QuantSpec(method="gptq", bits=4, group_size=32, clip="mse",
+    ("gptq", QuantSpec(bits=4, group_size=32, symmetric=False, clip="mse")),
+    ("gptq", QuantSpec(method="gptq", bits=4, group_size=32, clip="minmax",
                        method_args={"act_order": True, "static_groups": False})),
     ("awq", QuantSpec(method="gptq", bits=4, group_size=32, symmetric=False, ignore=AWQ_IGNORE))],
-    ids=["rtn-gptq-w4g32a", "gptq-w4g32-dynamic-mse", "gptq-awq-w4g32a"])
+    ids=["rtn-mse-gptq-w4g32a", "gptq-w4g32-dynamic", "gptq-awq-w4g32a"])
 def test_walk_rounds_scales_to_the_stored_fp16(tmp_path, default_tokenizer, fmt, spec):
     """The format declares fp16 scales (CheckpointFormat.scale_dtype); the walk fits its grids in
     fp16 before choosing codes, so the file reloads to exactly the weights the walk propagated
-    (no rounding of scales after the fact, as _stored_scales does for the older tests)."""
+    (no rounding of scales after the fact, as _stored_scales does for the older tests); the MSE
+    clipping search (RTN case) compares candidates on rounded scales."""
     from lowbit import api
     from lowbit.io.formats import get_format
     from lowbit.io.load import Loaded
@@ -329,5 +330,5 @@ def test_walk_rounds_scales_to_the_stored_fp16(tmp_path, default_tokenizer, fmt,
     assert get_format("compressed-tensors").fit("x", spec, (64, 64)).scale_dtype is None
     # without the format's scale dtype the fp32 grid does not survive the file
     control = tiny_model("llama", vocab=VOCAB)
-    result = quantize_model(control, replace(spec, method="rtn"), fit_layout=get_format(fmt).fit_layout)
+    result = quantize_model(control, replace(spec, method="rtn", clip="minmax"), fit_layout=get_format(fmt).fit_layout)
     assert any(not torch.equal(qt.scale, qt.scale.half().float()) for qt in result.tensors.values())

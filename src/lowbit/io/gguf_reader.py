@@ -89,6 +89,11 @@ def gguf_config(r: gguf.GGUFReader, path: Path):
     return AutoConfig.for_model(_MODEL_TYPE[arch], **kw)
 
 
+def _one_line(e: Exception, limit: int = 120) -> str:
+    """A library's error text for a one-line message (the tokenizers library's span lines)."""
+    return " ".join(str(e).split())[:limit]
+
+
 def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
     """(float HF model in eval mode, tokenizer or None) from a GGUF file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,7 +103,7 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
     try:
         config = gguf_config(r, path)
     except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise LowbitError(f"{path} has damaged model metadata ({str(e)[:120]}): re-download or re-export it") from None
+        raise LowbitError(f"{path} has damaged model metadata ({_one_line(e)}): re-download or re-export it") from None
     from transformers.modeling_utils import no_init_weights
 
     with no_init_weights():  # every weight is overwritten below (missing ones raise)
@@ -143,7 +148,7 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
         try:
             tokenizer = gguf_tokenizer(r)
         except Exception as e:  # the tokenizers library raises plain Exception on a bad vocabulary
-            raise LowbitError(f"{path} has a damaged vocabulary ({str(e)[:120]}): re-download or re-export it") from None
+            raise LowbitError(f"{path} has a damaged vocabulary ({_one_line(e)}): re-download or re-export it") from None
         if tokenizer is None:  # other vocabularies: transformers' converter (slower, sometimes lossy)
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model.eval(), tokenizer
