@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--method", default="gptq")
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in DIR/.out.lowbit-partial (e.g. one the watchdog stopped)")
     args = ap.parse_args()
     root = Path(args.dir)
     t0 = time.perf_counter()
@@ -103,7 +105,8 @@ def main() -> None:
     cap = int(args.cap_gb * 1e9)
     cmd = [sys.executable, "-m", "lowbit.cli", "quantize", str(root / "model"), "-o", str(out),
            "--method", args.method, "--bits", "4", "--group-size", "128", "--nsamples", str(args.nsamples),
-           "--seqlen", str(args.seqlen), "--no-eval", "--max-shard-bytes", str(512 << 20)]
+           "--seqlen", str(args.seqlen), "--no-eval", "--max-shard-bytes", str(512 << 20)] + \
+        (["--resume"] if args.resume else [])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     peak = 0
