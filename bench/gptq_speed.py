@@ -34,10 +34,11 @@ from lowbit.io.load import load_model
 from lowbit.pipeline import quantize_model
 from lowbit.io import compressed_tensors as ct
 from lowbit.io.checkpoint import save_quantized
-model_dir, calib, out, bits, group, sym = sys.argv[1:7]
+model_dir, calib, out, bits, group, sym, forward_dtype = sys.argv[1:8]
 ids = load_file(calib)["input_ids"]
 loaded = load_model(model_dir)
-spec = lowbit.QuantSpec(method="gptq", bits=int(bits), group_size=int(group), symmetric=sym == "1")
+spec = lowbit.QuantSpec(method="gptq", bits=int(bits), group_size=int(group), symmetric=sym == "1",
+                        method_args={"forward_dtype": forward_dtype})
 t0 = time.perf_counter()
 res = quantize_model(loaded.model, spec, ids, fit_layout=ct.fit_layout)
 seconds = time.perf_counter() - t0
@@ -62,6 +63,8 @@ def main():
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--asym", action="store_true")
+    ap.add_argument("--forward-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="lowbit's calibration forwards (bfloat16: autocast, AVX-512 BF16 / AMX)")
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--peer-python", help="python of a venv with llmcompressor installed")
     args = ap.parse_args()
@@ -74,14 +77,15 @@ def main():
         save_file({"input_ids": calib.contiguous()}, calib_file)
         common = [model_dir, calib_file]
         rows["lowbit"] = run([sys.executable, "-c", LOWBIT_CHILD, *common, f"{tmp}/lowbit",
-                              str(args.bits), str(args.group_size), sym])
+                              str(args.bits), str(args.group_size), sym, args.forward_dtype])
         if args.peer_python:
             rows["llm-compressor"] = run([args.peer_python, str(HERE / "peers" / "llmcompressor_gptq.py"),
                                           *common, f"{tmp}/peer", str(args.bits), str(args.group_size), sym])
         models = {name: load_model(f"{tmp}/{'lowbit' if name == 'lowbit' else 'peer'}").model
                   for name, r in rows.items() if r.get("seconds") is not None}
         ppl = evaluate_many(models, wins, base.model)
-    print(f"GPTQ w{args.bits} g{args.group_size} {'asym' if args.asym else 'sym'}, 128 x 512 calibration tokens, "
+    print(f"GPTQ w{args.bits} g{args.group_size} {'asym' if args.asym else 'sym'}, lowbit forwards in "
+          f"{args.forward_dtype}, 128 x 512 calibration tokens, "
           f"eval {wins.numel()} tokens; base perplexity {next(iter(ppl.values()))['base_perplexity']:.3f}")
     print(f"{'tool':<16}{'seconds':>10}{'peak RSS MB':>13}{'perplexity':>12}{'KLD':>9}")
     for name, r in rows.items():
