@@ -53,13 +53,20 @@ def _inverse_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
     raise RuntimeError("Hessian is not positive definite even with strong dampening")
 
 
-def prepare(W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype = torch.float32):
-    """Copies of W (out, in) and H (in, in) in `dtype` with dead inputs (always zero in the
-    calibration data, so their weights do not matter) zeroed in W and given H[j, j] = 1."""
-    W = W.to(dtype).clone()
+def _live_hessian(H: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """(copy of H in `dtype` with H[j, j] = 1 for dead inputs, the dead-input mask): inputs
+    always zero in the calibration data, whose weights do not matter."""
     H = H.to(dtype).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
+    return H, dead
+
+
+def prepare(W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """Copies of W (out, in) and H (in, in) in `dtype` with dead inputs zeroed in W and
+    given H[j, j] = 1."""
+    H, dead = _live_hessian(H, dtype)
+    W = W.to(dtype).clone()
     W[:, dead] = 0
     return W, H
 
@@ -76,9 +83,7 @@ class HessianFactor:
 
 def hessian_factor(H: torch.Tensor, damp_percent: float = 0.01, act_order: bool = False,
                    dtype: torch.dtype = torch.float32) -> HessianFactor:
-    H = H.to(dtype).clone()
-    dead = torch.diag(H) == 0  # inputs always zero in the calibration data
-    H[dead, dead] = 1
+    H, dead = _live_hessian(H, dtype)
     perm = None
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
