@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--asym", action="store_true")
     ap.add_argument("--no-act-order", action="store_true", help="gptq in natural column order")
-    ap.add_argument("--forward-dtype", default="float32", help="calibration forward passes: float32 or bfloat16")
+    ap.add_argument("--forward-dtype", default="auto", help="calibration forward passes: auto, float32 or bfloat16")
     ap.add_argument("--clip", default="auto", help="grid clipping: auto (rtn minmax, gptq mse), minmax or mse")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()

@@ -43,7 +43,8 @@ t0 = time.perf_counter()
 res = quantize_model(loaded.model, spec, ids, fit_layout=ct.fit_layout)
 seconds = time.perf_counter() - t0
 save_quantized(out, loaded.model, loaded.tokenizer, res.tensors, {"base_model": model_dir})
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "forward_dtype": res.forward_dtype}))
 """
 
 
@@ -63,8 +64,9 @@ def main():
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--asym", action="store_true")
-    ap.add_argument("--forward-dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="lowbit's calibration forwards (bfloat16: autocast, AVX-512 BF16 / AMX)")
+    ap.add_argument("--forward-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="lowbit's calibration forwards (auto, the default: bfloat16 autocast on CPUs with "
+                         "AVX-512 BF16 / AMX, else float32)")
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--peer-python", help="python of a venv with llmcompressor installed")
     args = ap.parse_args()
@@ -85,7 +87,8 @@ def main():
                   for name, r in rows.items() if r.get("seconds") is not None}
         ppl = evaluate_many(models, wins, base.model)
     print(f"GPTQ w{args.bits} g{args.group_size} {'asym' if args.asym else 'sym'}, lowbit forwards in "
-          f"{args.forward_dtype}, 128 x 512 calibration tokens, "
+          f"{rows['lowbit'].get('forward_dtype', args.forward_dtype)} (--forward-dtype {args.forward_dtype}), "
+          "128 x 512 calibration tokens, "
           f"eval {wins.numel()} tokens; base perplexity {next(iter(ppl.values()))['base_perplexity']:.3f}")
     print(f"{'tool':<16}{'seconds':>10}{'peak RSS MB':>13}{'perplexity':>12}{'KLD':>9}")
     for name, r in rows.items():

@@ -57,7 +57,8 @@ def _final_inputs(model, names, calibration, batch_size):
 @pytest.mark.parametrize("true_sequential", [True, False])
 def test_statistics_see_the_quantized_model(spy_method, family, true_sequential):
     model = tiny_model(family)
-    spec = QuantSpec(method="spy", bits=2, group_size=-1, method_args={"true_sequential": true_sequential})
+    spec = QuantSpec(method="spy", bits=2, group_size=-1, method_args={"true_sequential": true_sequential,
+                                                                       "forward_dtype": "float32"})
     names = list(target_linears(model, spec))
     observers = {}
     mods = dict(model.named_modules())

@@ -87,6 +87,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     summary = {"spec": spec.to_dict(), "base_model": loaded.source, "quantize_seconds": result.seconds,
                "layout_changes": result.layout_changes, "calibration": calib_info,
                "quantized_modules": len(result.specs)}
+    if calibration is not None:  # what "auto" became on this machine, for reproducing the run
+        summary["forward_dtype"] = result.forward_dtype
     if out is not None:
         t0 = time.perf_counter()
         save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format,

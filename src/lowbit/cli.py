@@ -109,7 +109,8 @@ def quantize(
                                        help="gptq: group grids fixed before the solve (act-order without g_idx)"),
     true_sequential: bool = typer.Option(True, "--true-sequential/--no-true-sequential",
                                          help="statistics of later projections from quantized earlier ones"),
-    forward_dtype: str = typer.Option("float32", help="calibration forward passes: float32 or bfloat16"),
+    forward_dtype: str = typer.Option("auto", help="calibration forward passes: float32, bfloat16, or auto "
+                                                     "(bfloat16 on CPUs with AVX-512 BF16 / AMX)"),
     calib: Optional[Path] = typer.Option(None, help="calibration text (.txt, .jsonl, .parquet)"),
     nsamples: int = typer.Option(128, help="calibration samples"),
     seqlen: int = typer.Option(512, help="tokens per calibration sample / eval window"),

@@ -17,6 +17,7 @@ import torch
 
 from lowbit.arch import arch_for, decoder_layers
 from lowbit.formats import QuantizedTensor
+from lowbit.hardware import resolve_forward_dtype
 from lowbit.memory import release_free_memory
 from lowbit.methods import get_method
 from lowbit.pipeline.activations import Activations, default_budget_bytes
@@ -40,6 +41,7 @@ class QuantResult:
     layout_changes: dict[str, dict] = field(default_factory=dict)  # name -> {requested, used}
     seconds: float = 0.0
     stored_layers: int = 0  # decoder layers whose codes live in the LayerStore, not in `tensors`
+    forward_dtype: str = "float32"  # calibration forwards as run ("auto" resolved)
 
 
 def target_linears(model: torch.nn.Module, spec: QuantSpec) -> dict[str, torch.nn.Linear]:
@@ -84,12 +86,20 @@ def _frozen_containers(layer, layer_name: str, targets: dict, done: dict):
 
 def _forward_context(dtype: str):
     """Calibration forward passes in float32, or in bfloat16 by autocast (AVX-512 BF16 and
-    AMX run bf16 matmuls several times faster; weights are still quantized from float32)."""
+    AMX run bf16 matmuls several times faster; weights are still quantized from float32).
+    dtype is already resolved (hardware.resolve_forward_dtype)."""
     if dtype == "float32":
         return contextlib.nullcontext
     if dtype == "bfloat16":
         return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    raise ValueError(f"forward_dtype must be float32 or bfloat16, got {dtype!r}")
+    raise ValueError(f"forward_dtype must be auto, float32 or bfloat16, got {dtype!r}")
+
+
+def _device_type(model: torch.nn.Module) -> str:
+    for p in model.parameters():
+        if not p.is_meta:
+            return p.device.type
+    return "cpu"
 
 
 def _layout_change(asked: QuantSpec, used: QuantSpec) -> dict:
@@ -160,7 +170,11 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
             log.info("%d of %d calibration batches are kept on disk (memory budget %.2f GB per set)",
                      batches.spilled, len(batches), batches.budget / 1e9)
     true_sequential = spec.method_args.get("true_sequential", True)
-    forward = _forward_context(spec.method_args.get("forward_dtype", "float32"))
+    result.forward_dtype = resolve_forward_dtype(spec.method_args.get("forward_dtype", "auto"),
+                                                 _device_type(model))
+    forward = _forward_context(result.forward_dtype)
+    if batches is not None:
+        log.info("calibration forward passes in %s", result.forward_dtype)
     cache = OutputCache(int(spec.method_args.get("cache_bytes",
                                                   min(DEFAULT_CACHE_BYTES, default_budget_bytes()))))
     try:
