@@ -14,6 +14,8 @@ from lowbit.errors import LowbitError
 class ArchMap:
     layers: str  # dotted path of the ModuleList of decoder layers
     sequential: tuple[tuple[str, ...], ...]  # Linear names relative to a layer
+    # modules between the last decoder layer and the output matrix, in order (absent ones skipped)
+    head_input: tuple[str, ...] = ()
 
 
 _LLAMA = ArchMap(
@@ -22,11 +24,13 @@ _LLAMA = ArchMap(
                 ("self_attn.o_proj",),
                 ("mlp.gate_proj", "mlp.up_proj"),
                 ("mlp.down_proj",)),
+    head_input=("model.norm",),
 )
 _OPT = ArchMap(
     layers="model.decoder.layers",
     sequential=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 ("self_attn.out_proj",), ("fc1",), ("fc2",)),
+    head_input=("model.decoder.final_layer_norm", "model.decoder.project_out"),
 )
 
 ARCHS: dict[str, ArchMap] = {
@@ -44,3 +48,16 @@ def arch_for(model: torch.nn.Module) -> ArchMap:
 
 def decoder_layers(model: torch.nn.Module, arch: ArchMap) -> torch.nn.ModuleList:
     return model.get_submodule(arch.layers)
+
+
+def head_input_modules(model: torch.nn.Module, arch: ArchMap) -> list[torch.nn.Module]:
+    """The modules that turn the last decoder layer's output into the output matrix's input."""
+    out = []
+    for path in arch.head_input:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if module is not None:
+            out.append(module)
+    return out

@@ -32,7 +32,7 @@ from lowbit.formats import ggml_blocks
 from lowbit.methods.gptq import _inverse_cholesky, prepare, solve_columns
 
 log = logging.getLogger(__name__)
-ORDERS = ("group", "none", "static")  # column order: act-order inside blocks, natural, global act-order
+ORDERS = ("group", "none", "static", "auto")  # act-order inside blocks, natural, global act-order, by block size
 
 
 @dataclass
@@ -115,6 +115,8 @@ def gptq_ggml(W: torch.Tensor, H: torch.Tensor, qtype: T, damp_percent: float = 
         return round_ggml(W, qtype)
     rows, cols = W.shape
     G = ggml_blocks.block_size(qtype)
+    if order == "auto":  # layer-wise best (notes/gguf_gptq.md): static on 32-blocks, group on k-quants
+        order = "static" if G == 32 else "group"
     imp = importance_from_hessian(H)
     W, H = prepare(W, H)
     perm = _order(torch.diag(H), G, order)

@@ -21,7 +21,8 @@ from lowbit.errors import LowbitError
 from lowbit.formats.ggml_blocks import FLOAT_TYPES
 from lowbit.io.gguf_mixes import parse_file_type, plan_types
 from lowbit.io.gguf_writer import write_gguf
-from lowbit.methods.ggml_grid import round_ggml
+from lowbit.calibration.hessian import HessianObserver
+from lowbit.methods.ggml_grid import quantize_on_ggml_grid, round_ggml
 from lowbit.pipeline.sequential import quantize_model, target_linears
 
 GGUF_METHODS = ("rtn", "gptq")  # methods that choose codes on GGML block grids
@@ -73,14 +74,46 @@ def _round_other_tensors(model, spec, plan: dict[str, T]) -> dict:
     return blocks
 
 
+def output_matrix(model, plan: dict[str, T]) -> str | None:
+    """Name of the planned tensor the logits come from: lm_head, or the token embeddings it
+    is tied to (then token_embd plays both roles in the file)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        return None
+    ptr = head.weight.data_ptr()
+    state = model.state_dict(keep_vars=True)
+    return next((n for n in plan if n in state and state[n].data_ptr() == ptr), None)
+
+
+def _head_to_calibrate(model, spec, plan: dict[str, T], calibration) -> str | None:
+    """GPTQ's output matrix on its block grid, with the Hessian of the final hidden states
+    (method_args head_gptq, default on): the tied token_embd is Q8_0 in every llama.cpp mix of
+    the default model, and its rounding error reaches the logits directly."""
+    if spec.method != "gptq" or calibration is None or not spec.method_args.get("head_gptq", True):
+        return None
+    head = output_matrix(model, plan)
+    return None if head is None or plan[head] in FLOAT_TYPES else head
+
+
 def quantize_to_gguf(loaded, spec, out: Path, file_type: str = "Q4_K_M", calibration=None,
                      overwrite: bool = False, progress=None) -> dict:
     """Quantize loaded.model (in place: weights become their dequantized values) onto the
     block grids of `file_type` and write OUT as a GGUF file (atomically). Returns a summary."""
     check_gguf_request(file_type, spec.method)
     plan = plan_types(loaded.model, file_type)
+    head = _head_to_calibrate(loaded.model, spec, plan, calibration)
+    head_weight = loaded.model.state_dict()[head] if head else None
+    float_head = head_weight.detach().clone() if head else None  # before llama.cpp's rounding below
     blocks = _round_other_tensors(loaded.model, spec, plan)
-    result = quantize_model(loaded.model, spec, calibration, fit_layout=gguf_fit_layout(plan), progress=progress)
+    observer = HessianObserver(float_head.shape[1]) if head else None
+    result = quantize_model(loaded.model, spec, calibration, fit_layout=gguf_fit_layout(plan), progress=progress,
+                            head_inputs=observer.add_batch if head else None)
+    if head:
+        # the walk ran on llama.cpp's rounding of this matrix (as token embeddings it fed layer 0);
+        # the file holds GPTQ's codes, and the returned model equals the file
+        t = quantize_on_ggml_grid(float_head, replace(spec, ggml_type=plan[head].name), observer)
+        head_weight.copy_(t.values.to(head_weight.dtype))
+        blocks[head] = (t.blocks, t.qtype)
     blocks.update({f"{name}.weight": (qt.blocks, qt.qtype) for name, qt in result.tensors.items()
                    if qt.qtype not in FLOAT_TYPES})  # float tensors: the writer converts them itself
     t0 = time.perf_counter()

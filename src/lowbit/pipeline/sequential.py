@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from lowbit.arch import arch_for, decoder_layers
+from lowbit.arch import arch_for, decoder_layers, head_input_modules
 from lowbit.formats import QuantizedTensor
 from lowbit.hardware import resolve_forward_dtype
 from lowbit.memory import release_free_memory
@@ -95,6 +95,15 @@ def _forward_context(dtype: str):
     raise ValueError(f"forward_dtype must be auto, float32 or bfloat16, got {dtype!r}")
 
 
+def _feed_head(model, arch, batches, head_inputs, forward) -> None:
+    modules = head_input_modules(model, arch)
+    for h, _, _ in batches:
+        with forward():
+            for m in modules:
+                h = m(h)
+        head_inputs(h)
+
+
 def _device_type(model: torch.nn.Module) -> str:
     for p in model.parameters():
         if not p.is_meta:
@@ -118,7 +127,8 @@ def _layout_change(asked: QuantSpec, used: QuantSpec) -> dict:
 def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None = None,
                    fit_layout: FitLayout | None = None, progress: Progress | None = None,
                    batch_size: int = 8, lazy=None, store=None,
-                   acts_budget_bytes: int | None = None) -> QuantResult:
+                   acts_budget_bytes: int | None = None,
+                   head_inputs: Callable[[torch.Tensor], None] | None = None) -> QuantResult:
     """Quantize `model` in place (weights become their dequantized values) and return the
     codes of every quantized Linear. calibration: token ids (N, T) for methods that need it.
 
@@ -126,7 +136,10 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
     dropped after. store (pipeline.layer_store.LayerStore): each finished layer is saved
     (codes then leave memory) and a killed run resumes after the newest saved activations.
     acts_budget_bytes: calibration activations past it (per set; default a quarter of the
-    available memory) are written to disk, beside the store or in a temporary directory."""
+    available memory) are written to disk, beside the store or in a temporary directory.
+    head_inputs: called with the output matrix's input (the last layer's output through the
+    final norm) for every calibration batch, for a caller that quantizes the head itself
+    (GGUF's tied token_embd); not called when a resumed run had finished every layer."""
     start = time.perf_counter()
     method = get_method(spec.method)
     arch = arch_for(model)
@@ -212,6 +225,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 batches.discard()
                 batches = outputs
                 cache.clear()
+                if head_inputs is not None and i == len(layers) - 1:
+                    _feed_head(model, arch, batches, head_inputs, forward)
             if store is not None:
                 _save_layer(store, i, layer, f"{prefix}.{i}", result, batches, last=i == len(layers) - 1,
                             lazy=lazy is not None)
