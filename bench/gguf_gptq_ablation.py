@@ -68,7 +68,7 @@ def main(argv=None):
                 t0 = time.time()
                 res[f"gptq-{order}"] = err(gptq_ggml(W, Hn, t, order=order).values)
                 res[f"s-{order}"] = time.time() - t0
-            res["gptq-group-damp0.1"] = err(gptq_ggml(W, Hn, t, damp_percent=0.1).values)
+            res["gptq-group-damp0.1"] = err(gptq_ggml(W, Hn, t, damp_percent=0.1, order="group").values)
             rows.append((name.replace("model.layers.", "L"), t.name, base, res))
             r = {k: (v / base if not k.startswith("s-") else v) for k, v in res.items()}
             print(f"| {rows[-1][0]} | {t.name} | {r['imatrix']:.3f} | {r['gptq-none']:.3f} | {r['gptq-group']:.3f} | "

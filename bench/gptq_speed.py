@@ -2,10 +2,13 @@
 the same benchmark on the same calibration ids, and both perplexities.
 
     python bench/gptq_speed.py [--group-size 64] [--peer-python /path/to/venv/bin/python]
+        [--gptqmodel-python /path/to/other/venv/bin/python]
 
-The peer (llm-compressor) lives in its own virtual environment, never in lowbit's
-dependencies: python -m venv V && V/bin/pip install torch==2.13.0 'llmcompressor==0.14.*'.
-Each quantizer runs in a child process so that its peak RSS is its own."""
+Each peer lives in its own virtual environment, never in lowbit's dependencies:
+llm-compressor: python -m venv V && V/bin/pip install torch==2.13.0 'llmcompressor==0.14.*';
+GPTQModel: python -m venv V && V/bin/pip install torch==2.13.0 gptqmodel==7.6.0 (see
+peers/gptqmodel_gptq.py). Each quantizer runs in a child process, one after the other, so that
+its time and peak RSS are its own. The speed-up is against the fastest peer."""
 from __future__ import annotations
 
 import argparse
@@ -69,6 +72,7 @@ def main():
                          "AVX-512 BF16 / AMX, else float32)")
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--peer-python", help="python of a venv with llmcompressor installed")
+    ap.add_argument("--gptqmodel-python", help="python of a venv with gptqmodel installed")
     args = ap.parse_args()
     base, calib, wins = setup(128, 512, args.windows)
     model_dir = str(default_model_dir())
@@ -82,9 +86,11 @@ def main():
                               str(args.bits), str(args.group_size), sym, args.forward_dtype])
         if args.peer_python:
             rows["llm-compressor"] = run([args.peer_python, str(HERE / "peers" / "llmcompressor_gptq.py"),
-                                          *common, f"{tmp}/peer", str(args.bits), str(args.group_size), sym])
-        models = {name: load_model(f"{tmp}/{'lowbit' if name == 'lowbit' else 'peer'}").model
-                  for name, r in rows.items() if r.get("seconds") is not None}
+                                          *common, f"{tmp}/llm-compressor", str(args.bits), str(args.group_size), sym])
+        if args.gptqmodel_python:
+            rows["GPTQModel"] = run([args.gptqmodel_python, str(HERE / "peers" / "gptqmodel_gptq.py"),
+                                     *common, f"{tmp}/GPTQModel", str(args.bits), str(args.group_size), sym])
+        models = {name: load_model(f"{tmp}/{name}").model for name, r in rows.items() if r.get("seconds") is not None}
         ppl = evaluate_many(models, wins, base.model)
     print(f"GPTQ w{args.bits} g{args.group_size} {'asym' if args.asym else 'sym'}, lowbit forwards in "
           f"{rows['lowbit'].get('forward_dtype', args.forward_dtype)} (--forward-dtype {args.forward_dtype}), "
@@ -96,9 +102,14 @@ def main():
         secs = f"{r['seconds']:.1f}" if r.get("seconds") else r.get("error", "-")[:40]
         rss = f"{r['peak_rss_bytes'] / 1e6:.0f}" if r.get("peak_rss_bytes") else "-"
         print(f"{name:<16}{secs:>10}{rss:>13}{p.get('perplexity', float('nan')):>12.3f}{p.get('kld', float('nan')):>9.4f}")
-    if "llm-compressor" in rows and rows["llm-compressor"].get("seconds") and rows["lowbit"].get("seconds"):
-        print(f"speed-up of lowbit over llm-compressor: {rows['llm-compressor']['seconds'] / rows['lowbit']['seconds']:.2f}x"
-              " (goal >= 1.5x at equal or better perplexity)")
+    peers = {n: r["seconds"] for n, r in rows.items() if n != "lowbit" and r.get("seconds")}
+    if peers and rows["lowbit"].get("seconds"):
+        for name, secs in peers.items():
+            print(f"speed-up of lowbit over {name}: {secs / rows['lowbit']['seconds']:.2f}x, perplexity "
+                  f"{ppl['lowbit']['perplexity']:.3f} vs {ppl[name]['perplexity']:.3f}")
+        fastest = min(peers, key=peers.get)
+        print(f"against the fastest peer ({fastest}): {peers[fastest] / rows['lowbit']['seconds']:.2f}x "
+              "(goal >= 1.5x at equal or better perplexity)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ diag(H) / 2 = mean squared input (llama.cpp's imatrix semantics); then each colu
 to the nearest point of that fixed grid and its error spread over the columns still to come
 with the inverse-Hessian Cholesky factor (methods/gptq.solve_columns). Inside a block the
 columns may go in order of decreasing diag(H) ("group" order): the grid stays one block of
-contiguous columns, so the bytes keep llama.cpp's layout.
+contiguous columns, so the bytes keep llama.cpp's layout. On the 32-column types a global
+act-order on grids fitted up front ("static") leaves less error; "auto" (the default) takes
+static there and group on the k-quants (notes/gguf_gptq.md).
 """
 from __future__ import annotations
 
@@ -104,12 +106,13 @@ def _one_thread():
 
 
 def gptq_ggml(W: torch.Tensor, H: torch.Tensor, qtype: T, damp_percent: float = 0.01,
-              block_size: int = 256, order: str = "group") -> GGMLTensor:
+              block_size: int = 256, order: str = "auto") -> GGMLTensor:
     """W (out, in), H (in, in) -> GGMLTensor of type qtype chosen by GPTQ on its block grids.
 
     order "group": act-order inside each block, grids fitted block by block on the updated
     weights; "none": natural order; "static": global act-order on grids fitted up front from
-    the unquantized weights (llama.cpp's grid with importance, then GPTQ's codes on it)."""
+    the unquantized weights (llama.cpp's grid with importance, then GPTQ's codes on it);
+    "auto": static for 32-column blocks, group for the 256-column k-quants."""
     qtype = T(qtype)
     if qtype in ggml_blocks.FLOAT_TYPES:
         return round_ggml(W, qtype)
@@ -155,7 +158,7 @@ def quantize_on_ggml_grid(W: torch.Tensor, spec, observer=None) -> GGMLTensor:
     """What the rtn and gptq methods do when spec.ggml_type is set. method_args: gguf_solver
     "gptq" (default for gptq) or "imatrix" (llama.cpp's importance-weighted rounding with our
     calibration statistics: the ablation without error compensation), damp_percent,
-    ggml_order (group | none | static)."""
+    ggml_order (auto | group | none | static)."""
     qtype = ggml_type(spec.ggml_type)
     if spec.method == "rtn" or observer is None or getattr(observer, "n", 0) == 0:
         if spec.method != "rtn":
@@ -168,4 +171,4 @@ def quantize_on_ggml_grid(W: torch.Tensor, spec, observer=None) -> GGMLTensor:
     if solver != "gptq":
         raise LowbitError(f"gguf_solver {solver!r} is unknown: use gptq or imatrix")
     return gptq_ggml(W, observer.H, qtype, damp_percent=a.get("damp_percent", 0.01),
-                     block_size=a.get("block_size", 256), order=a.get("ggml_order", "group"))
+                     block_size=a.get("block_size", 256), order=a.get("ggml_order", "auto"))
