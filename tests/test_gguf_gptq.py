@@ -57,6 +57,14 @@ def test_gptq_on_block_grid_beats_llamacpp_rounding(qtype):
         assert err < 0.75 * plain and err < 0.8 * weighted, (order, err, plain, weighted)  # measured 0.35-0.6
 
 
+def test_auto_order_is_static_on_32_blocks_and_group_on_k_quants():
+    W, H = correlated_problem(rows=16)
+    for qtype, same in ((T.Q8_0, "static"), (T.Q4_0, "static"), (T.Q4_K, "group"), (T.Q2_K, "group")):
+        auto, named = gptq_ggml(W, H, qtype), gptq_ggml(W, H, qtype, order=same)
+        assert np.array_equal(auto.blocks, named.blocks), qtype
+    assert not np.array_equal(gptq_ggml(W, H, T.Q8_0).blocks, gptq_ggml(W, H, T.Q8_0, order="group").blocks)
+
+
 def test_dead_inputs_and_float_types():
     W, H = correlated_problem(rows=8, cols=256, n=512)
     H[:, 5] = H[5, :] = 0  # an input that was always zero
