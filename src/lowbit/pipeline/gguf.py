@@ -102,8 +102,8 @@ def quantize_to_gguf(loaded, spec, out: Path, file_type: str = "Q4_K_M", calibra
     check_gguf_request(file_type, spec.method)
     plan = plan_types(loaded.model, file_type)
     head = _head_to_calibrate(loaded.model, spec, plan, calibration)
-    head_weight = loaded.model.state_dict()[head] if head else None
-    float_head = head_weight.detach().clone() if head else None  # before llama.cpp's rounding below
+    head_weight = loaded.model.get_output_embeddings().weight.data if head else None
+    float_head = head_weight.clone() if head else None  # before llama.cpp's rounding below
     blocks = _round_other_tensors(loaded.model, spec, plan)
     observer = HessianObserver(float_head.shape[1]) if head else None
     result = quantize_model(loaded.model, spec, calibration, fit_layout=gguf_fit_layout(plan), progress=progress,

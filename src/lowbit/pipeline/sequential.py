@@ -161,6 +161,10 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
         result.tensors[name], result.specs[name] = qt, mspec
 
+    # resolved and checked before any calibration work
+    result.forward_dtype = resolve_forward_dtype(spec.method_args.get("forward_dtype", "auto"),
+                                                 _device_type(model))
+    forward = _forward_context(result.forward_dtype)
     prefix = arch.layers
     start_at = 0
     if store is not None:
@@ -183,9 +187,6 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
             log.info("%d of %d calibration batches are kept on disk (memory budget %.2f GB per set)",
                      batches.spilled, len(batches), batches.budget / 1e9)
     true_sequential = spec.method_args.get("true_sequential", True)
-    result.forward_dtype = resolve_forward_dtype(spec.method_args.get("forward_dtype", "auto"),
-                                                 _device_type(model))
-    forward = _forward_context(result.forward_dtype)
     if batches is not None:
         log.info("calibration forward passes in %s", result.forward_dtype)
     cache = OutputCache(int(spec.method_args.get("cache_bytes",
