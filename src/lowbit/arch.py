@@ -16,6 +16,10 @@ class ArchMap:
     sequential: tuple[tuple[str, ...], ...]  # Linear names relative to a layer
     # modules between the last decoder layer and the output matrix, in order (absent ones skipped)
     head_input: tuple[str, ...] = ()
+    # (prev, linears): the linears' common input is prev's output times its per-channel weight
+    # (a norm) or prev's output rows (a Linear, with nothing nonlinear per channel between but
+    # a multiplication), so scaling it by 1/s at prev and their columns by s is exact
+    smooth: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 _LLAMA = ArchMap(
@@ -25,12 +29,16 @@ _LLAMA = ArchMap(
                 ("mlp.gate_proj", "mlp.up_proj"),
                 ("mlp.down_proj",)),
     head_input=("model.norm",),
+    smooth=(("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+            ("mlp.up_proj", ("mlp.down_proj",))),  # down's input is act(gate) * up
 )
 _OPT = ArchMap(
     layers="model.decoder.layers",
     sequential=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 ("self_attn.out_proj",), ("fc1",), ("fc2",)),
     head_input=("model.decoder.final_layer_norm", "model.decoder.project_out"),
+    # no smooth pairs: opt-350m puts its norms after the blocks (do_layer_norm_before False)
 )
 
 ARCHS: dict[str, ArchMap] = {

@@ -17,23 +17,59 @@ from pathlib import Path
 import torch
 from gguf import GGMLQuantizationType as T
 
+from lowbit.arch import arch_for
 from lowbit.errors import LowbitError
+from lowbit.formats.ggml_activations import input_rounding
 from lowbit.formats.ggml_blocks import FLOAT_TYPES
 from lowbit.io.gguf_mixes import parse_file_type, plan_types
 from lowbit.io.gguf_writer import write_gguf
 from lowbit.calibration.hessian import HessianObserver
 from lowbit.methods.ggml_grid import quantize_on_ggml_grid, round_ggml
 from lowbit.pipeline.sequential import quantize_model, target_linears
+from lowbit.transforms.smooth import search_smoothing
 
 GGUF_METHODS = ("rtn", "gptq")  # methods that choose codes on GGML block grids
+SMOOTH = ("auto", "off")  # method_args smooth: auto searches smoothing wherever there is calibration
 
 
-def check_gguf_request(file_type: str, method: str) -> None:
+def check_gguf_request(file_type: str, method: str, smooth: str = "auto") -> None:
     """One-line errors before any loading: unknown file type, or a method without GGML grids."""
     parse_file_type(file_type)
     if method not in GGUF_METHODS:
         raise LowbitError(f"method {method!r} cannot write GGUF yet: use --method "
                           + " or ".join(GGUF_METHODS) + " with --format gguf")
+    if smooth not in SMOOTH:
+        raise LowbitError(f"smooth must be one of {', '.join(SMOOTH)}, got {smooth!r}")
+
+
+def _llamacpp_rounding(qtype: T):
+    """(weight rounding, input rounding) of a Linear stored as qtype and run by llama.cpp."""
+    if qtype in FLOAT_TYPES:
+        cast = input_rounding(qtype)
+        return (cast or (lambda W: W)), cast
+    return (lambda W: round_ggml(W, qtype).values.to(W.device)), input_rounding(qtype)
+
+
+def gguf_smoothing(model, spec, plan: dict[str, T], calibration):
+    """The walk's transform (transforms/smooth.py) for a GGUF file: per-channel smoothing of
+    each layer's norm -> q/k/v, norm -> gate/up and up -> down inputs, searched against what
+    llama.cpp computes from the file -- the planned weight types' rounding and the rounding of
+    every input row that the dot products with those types do. None: no calibration, no pairs
+    in this architecture, or method_args smooth "off"."""
+    arch = arch_for(model)
+    if calibration is None or spec.method_args.get("smooth", "auto") == "off" or not arch.smooth:
+        return None
+    tokens = int(spec.method_args.get("smooth_tokens", 8192))
+
+    def transform(layer, layer_name: str, batches) -> dict:
+        rounding = {}
+        for name, module in layer.named_modules():
+            qtype = plan.get(f"{layer_name}.{name}.weight")
+            if isinstance(module, torch.nn.Linear) and qtype is not None:
+                rounding[name] = _llamacpp_rounding(qtype)
+        pairs = [(p, ls) for p, ls in arch.smooth if all(n in rounding for n in ls)]
+        return search_smoothing(layer, pairs, batches, rounding, max_tokens=tokens)
+    return transform
 
 
 def gguf_fit_layout(plan: dict[str, T]):
@@ -99,7 +135,7 @@ def quantize_to_gguf(loaded, spec, out: Path, file_type: str = "Q4_K_M", calibra
                      overwrite: bool = False, progress=None) -> dict:
     """Quantize loaded.model (in place: weights become their dequantized values) onto the
     block grids of `file_type` and write OUT as a GGUF file (atomically). Returns a summary."""
-    check_gguf_request(file_type, spec.method)
+    check_gguf_request(file_type, spec.method, spec.method_args.get("smooth", "auto"))
     plan = plan_types(loaded.model, file_type)
     head = _head_to_calibrate(loaded.model, spec, plan, calibration)
     head_weight = loaded.model.get_output_embeddings().weight.data if head else None
@@ -107,7 +143,8 @@ def quantize_to_gguf(loaded, spec, out: Path, file_type: str = "Q4_K_M", calibra
     blocks = _round_other_tensors(loaded.model, spec, plan)
     observer = HessianObserver(float_head.shape[1]) if head else None
     result = quantize_model(loaded.model, spec, calibration, fit_layout=gguf_fit_layout(plan), progress=progress,
-                            head_inputs=observer.add_batch if head else None)
+                            head_inputs=observer.add_batch if head else None,
+                            transform=gguf_smoothing(loaded.model, spec, plan, calibration))
     if head:
         # the walk ran on llama.cpp's rounding of this matrix (as token embeddings it fed layer 0);
         # the file holds GPTQ's codes, and the returned model equals the file
@@ -125,4 +162,4 @@ def quantize_to_gguf(loaded, spec, out: Path, file_type: str = "Q4_K_M", calibra
     return {"spec": spec.to_dict(), "base_model": loaded.source, "format": "gguf", "gguf_type": file_type.upper(),
             "tensor_types": types, "quantize_seconds": result.seconds, "layout_changes": {},
             "quantized_modules": len(result.tensors), "write_seconds": time.perf_counter() - t0,
-            "tensors": result.tensors}
+            "smoothing": result.transforms, "tensors": result.tensors}

@@ -42,6 +42,7 @@ class QuantResult:
     seconds: float = 0.0
     stored_layers: int = 0  # decoder layers whose codes live in the LayerStore, not in `tensors`
     forward_dtype: str = "float32"  # calibration forwards as run ("auto" resolved)
+    transforms: dict[str, dict] = field(default_factory=dict)  # layer name -> what `transform` chose
 
 
 def target_linears(model: torch.nn.Module, spec: QuantSpec) -> dict[str, torch.nn.Linear]:
@@ -128,7 +129,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                    fit_layout: FitLayout | None = None, progress: Progress | None = None,
                    batch_size: int = 8, lazy=None, store=None,
                    acts_budget_bytes: int | None = None,
-                   head_inputs: Callable[[torch.Tensor], None] | None = None) -> QuantResult:
+                   head_inputs: Callable[[torch.Tensor], None] | None = None,
+                   transform: Callable | None = None) -> QuantResult:
     """Quantize `model` in place (weights become their dequantized values) and return the
     codes of every quantized Linear. calibration: token ids (N, T) for methods that need it.
 
@@ -139,7 +141,10 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
     available memory) are written to disk, beside the store or in a temporary directory.
     head_inputs: called with the output matrix's input (the last layer's output through the
     final norm) for every calibration batch, for a caller that quantizes the head itself
-    (GGUF's tied token_embd); not called when a resumed run had finished every layer."""
+    (GGUF's tied token_embd); not called when a resumed run had finished every layer.
+    transform(layer, layer_name, batches) -> dict: an equivalent change of the float layer
+    (transforms/), made before its Linears are observed and quantized, in float32, with the
+    layer's calibration inputs; what it returns is kept in result.transforms[layer_name]."""
     start = time.perf_counter()
     method = get_method(spec.method)
     arch = arch_for(model)
@@ -197,6 +202,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 continue
             if lazy is not None:
                 lazy.materialize(layer, f"{prefix}.{i}")
+            if transform is not None and batches is not None:
+                result.transforms[f"{prefix}.{i}"] = transform(layer, f"{prefix}.{i}", batches)
             groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
             if not true_sequential:  # one pass: every Linear sees inputs from the float layer
                 groups = [[n for g in groups for n in g]]

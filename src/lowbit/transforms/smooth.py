@@ -1,0 +1,147 @@
+"""Equivalent per-channel rescaling before quantizing: SmoothQuant's migration of activation
+range into weights, with AWQ's per-layer search for how much to migrate.
+
+A pair (prev -> linears) names where the linears' common input comes from: a norm whose weight
+multiplies it, or a Linear whose output rows it is (arch.ArchMap.smooth). Dividing prev's
+weight (and bias) by s per channel and multiplying the linears' input columns by s leaves the
+float layer's function unchanged. What changes is what rounding does: when the runtime rounds
+inputs as well as weights (llama.cpp quantizes every input row in blocks of 32 or 256 against
+the block's largest value), a channel much larger than its neighbours costs them precision,
+and s moves some of its range into the weight columns.
+
+    s_j = amax(x_j) ** alpha / amax(W[:, j]) ** (1 - alpha), scaled to geometric mean 1
+
+alpha per pair is chosen from a grid by the layer's output error (sum of squares) with the
+layer's weights and inputs rounded as the target runtime rounds them, on the first calibration
+batches; a pair keeps s = 1 unless some alpha lowers that error.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable
+
+import torch
+
+from lowbit.pipeline.capture import layer_output
+
+ALPHAS = (0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# name -> (weight rounding, input rounding or None): how the target runtime rounds a Linear
+Rounding = dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable | None]]
+
+
+def smoothing_scales(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-channel s for one pair (float32, geometric mean 1)."""
+    x = x_absmax.float().clamp(min=1e-5)
+    w = w_absmax.float().clamp(min=1e-5)
+    s = x.pow(alpha) / w.pow(1 - alpha)
+    return s / s.log().mean().exp()
+
+
+@torch.no_grad()
+def scale_pair(layer: torch.nn.Module, prev: str, linears: tuple[str, ...], s: torch.Tensor) -> None:
+    """Divide the input of `linears` by s at its source and multiply their columns by s."""
+    src = layer.get_submodule(prev)
+    for name in linears:
+        w = layer.get_submodule(name).weight
+        w.copy_((w.float() * s).to(w.dtype))
+    if isinstance(src, torch.nn.Linear):  # rows of the producing Linear
+        src.weight.copy_((src.weight.float() / s[:, None]).to(src.weight.dtype))
+    else:  # a norm's elementwise weight
+        src.weight.copy_((src.weight.float() / s).to(src.weight.dtype))
+    if getattr(src, "bias", None) is not None:
+        src.bias.copy_((src.bias.float() / s).to(src.bias.dtype))
+
+
+class _Sample:
+    """The first calibration batches of a layer: float outputs and per-channel input absmax."""
+
+    def __init__(self, layer, pairs, batches, max_tokens: int):
+        self.batches, tokens = [], 0
+        for batch in batches:
+            self.batches.append(batch)
+            tokens += batch[0].shape[0] * batch[0].shape[1]
+            if tokens >= max_tokens:
+                break
+        self.absmax: dict[str, torch.Tensor] = {}
+        hooks = [layer.get_submodule(linears[0]).register_forward_pre_hook(self._stat(prev))
+                 for prev, linears in pairs]
+        try:
+            self.targets = self.run(layer)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def _stat(self, key):
+        def hook(module, args):
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(0).float()
+            self.absmax[key] = a if key not in self.absmax else torch.maximum(self.absmax[key], a)
+        return hook
+
+    def run(self, layer) -> list[torch.Tensor]:
+        return [layer_output(layer(h, *a, **kw)).detach() for h, a, kw in self.batches]
+
+
+@contextlib.contextmanager
+def _rounded(layer, rounding: Rounding, cached: dict, keys: dict):
+    """The layer's Linears hold their rounded weights and round their inputs, then are restored.
+    cached[keys[name]]: a rounded weight, reused while the alphas that shape it are the same."""
+    saved, hooks = {}, []
+    try:
+        for name, (wfn, xfn) in rounding.items():
+            m = layer.get_submodule(name)
+            saved[name] = m.weight.detach().clone()
+            key = keys[name]
+            if key not in cached:
+                cached[key] = wfn(m.weight.detach()).to(m.weight.dtype)
+            m.weight.data.copy_(cached[key])
+            if xfn is not None:
+                hooks.append(m.register_forward_pre_hook(lambda mod, args, f=xfn: (f(args[0]),) + tuple(args[1:])))
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        for name, w in saved.items():
+            layer.get_submodule(name).weight.data.copy_(w)
+
+
+@torch.no_grad()
+def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
+                     alphas=ALPHAS, max_tokens: int = 8192) -> dict[str, float]:
+    """Choose alpha per pair (coordinate search, pairs in order) and leave the layer scaled by
+    the choice, still computing the same float function. Returns {prev: alpha} of the pairs
+    that were scaled. pairs: ((prev, (linear, ...)), ...) relative to the layer."""
+    pairs = [(p, tuple(ls)) for p, ls in pairs]
+    sample = _Sample(layer, pairs, batches, max_tokens)
+    touched = {p for p, _ in pairs} | {n for _, ls in pairs for n in ls}
+    original = {n: {k: v.detach().clone() for k, v in layer.get_submodule(n).named_parameters()}
+                for n in touched}
+    w_absmax = {p: torch.cat([layer.get_submodule(n).weight.detach().float() for n in ls]).abs().amax(0)
+                for p, ls in pairs}
+    cached: dict = {}
+    shaped_by = {n: [p for p, ls in pairs if n == p or n in ls] for n in rounding}
+
+    def apply(choice):
+        for n, params in original.items():
+            for k, v in layer.get_submodule(n).named_parameters():
+                v.data.copy_(params[k])
+        for p, ls in pairs:
+            if p in choice:
+                scale_pair(layer, p, ls, smoothing_scales(sample.absmax[p], w_absmax[p], choice[p]))
+
+    def error(choice) -> float:
+        apply(choice)
+        keys = {n: (n,) + tuple(choice.get(p) for p in ps) for n, ps in shaped_by.items()}
+        with _rounded(layer, rounding, cached, keys):
+            outs = sample.run(layer)
+        return math.fsum(float((o.float() - t.float()).pow(2).sum()) for o, t in zip(outs, sample.targets))
+
+    best: dict[str, float] = {}
+    best_err = error(best)
+    for p, _ in pairs:
+        for alpha in alphas:
+            err = error({**best, p: alpha})
+            if err < best_err:
+                best_err, best[p] = err, alpha
+    apply(best)
+    return best

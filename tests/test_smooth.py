@@ -1,0 +1,101 @@
+"""Equivalent per-channel smoothing (transforms/smooth.py).
+
+Independent checks: the float layer and model compute the same logits after any scaling; the
+rounded layer's error is measured here with llama.cpp's weight rounding (ggml_blocks, byte-
+identical to its C code) and input rounding (gguf-py's Q8_0 blocks, tests/test_ggml_activations.py)
+applied by this file's own hooks, not by the search's.
+"""
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+
+from lowbit.arch import arch_for, decoder_layers
+from lowbit.formats.ggml_activations import round_q8_0
+from lowbit.methods.ggml_grid import round_ggml
+from lowbit.pipeline.capture import capture_first_layer_inputs, layer_output
+from lowbit.transforms.smooth import scale_pair, search_smoothing, smoothing_scales
+from test_gguf import tiny_llm
+
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def layer0_batches(model, n=2, T_=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (2 * n, T_), generator=g)
+    return list(capture_first_layer_inputs(model, decoder_layers(model, arch_for(model)), ids, 2, []))
+
+
+def plant_outliers(model, factor=40.0, channels=(3, 40, 77, 150)):
+    """Same float function, but a few input channels of q/k/v, gate/up and down become
+    `factor` times larger than their neighbours (the weights' columns smaller)."""
+    with torch.no_grad():
+        for layer in decoder_layers(model, arch_for(model)):
+            s = torch.ones(model.config.hidden_size)
+            s[list(channels)] = factor
+            scale_pair(layer, "input_layernorm", LINEARS[:3], 1 / s)
+            scale_pair(layer, "post_attention_layernorm", LINEARS[4:6], 1 / s)
+            s2 = torch.ones(model.config.intermediate_size)
+            s2[[c + 100 for c in channels]] = factor
+            scale_pair(layer, "mlp.up_proj", LINEARS[6:], 1 / s2)
+    return model
+
+
+@torch.no_grad()
+def rounded_error(layer, batches, targets) -> float:
+    """Layer output error with every Linear's weight on Q8_0 and its inputs in Q8_0 blocks."""
+    saved = {n: layer.get_submodule(n).weight.clone() for n in LINEARS}
+    hooks = [layer.get_submodule(n).register_forward_pre_hook(lambda m, a: (round_q8_0(a[0]),)) for n in LINEARS]
+    try:
+        for n in LINEARS:
+            layer.get_submodule(n).weight.copy_(round_ggml(saved[n], T.Q8_0).values)
+        return sum(float((layer_output(layer(h, *a, **kw)) - t).pow(2).sum())
+                   for (h, a, kw), t in zip(batches, targets))
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, w in saved.items():
+            layer.get_submodule(n).weight.copy_(w)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_scaling_every_pair_leaves_the_model_unchanged(family):
+    model = tiny_llm(family)
+    ids = torch.randint(0, 512, (1, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(ids).logits
+    g = torch.Generator().manual_seed(2)
+    for layer in decoder_layers(model, arch_for(model)):
+        for prev, linears in arch_for(model).smooth:
+            width = layer.get_submodule(linears[0]).in_features
+            s = torch.exp(torch.randn(width, generator=g))  # factors spread over ~20x
+            w0 = layer.get_submodule(linears[0]).weight.clone()
+            scale_pair(layer, prev, linears, s)
+            assert not torch.allclose(w0, layer.get_submodule(linears[0]).weight)
+    with torch.no_grad():
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_smoothing_scales_follow_the_formula():
+    x, w = torch.tensor([4.0, 1.0, 0.25]), torch.tensor([1.0, 1.0, 4.0])
+    s = smoothing_scales(x, w, 0.5)  # sqrt(x / w) = [2, 1, 0.25], geometric mean 0.7937
+    torch.testing.assert_close(s, torch.tensor([2.0, 1.0, 0.25]) / 0.5 ** (1 / 3))
+    torch.testing.assert_close(smoothing_scales(x, w, 1.0).log().sum(), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_search_halves_the_rounded_error_of_a_layer_with_outlier_channels():
+    model = plant_outliers(tiny_llm("llama"))
+    layer = decoder_layers(model, arch_for(model))[0]
+    batches = layer0_batches(model)
+    with torch.no_grad():
+        targets = [layer_output(layer(h, *a, **kw)) for h, a, kw in batches]
+    before = rounded_error(layer, batches, targets)
+    rounding = {n: (lambda W: round_ggml(W, T.Q8_0).values, round_q8_0) for n in LINEARS}
+    chosen = search_smoothing(layer, arch_for(model).smooth, batches, rounding)
+    assert set(chosen) == {"input_layernorm", "post_attention_layernorm", "mlp.up_proj"}, chosen
+    with torch.no_grad():  # still the same float layer
+        for (h, a, kw), t in zip(batches, targets):
+            torch.testing.assert_close(layer_output(layer(h, *a, **kw)), t, rtol=1e-4, atol=1e-5)
+    after = rounded_error(layer, batches, targets)
+    assert after < 0.5 * before, (after, before)
