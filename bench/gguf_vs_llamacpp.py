@@ -112,6 +112,7 @@ register_producer("lowbit-gptq-static", lowbit_walk("gptq", ggml_order="static")
 register_producer("lowbit-gptq-auto", lowbit_walk("gptq", ggml_order="auto"))
 register_producer("lowbit-gptq-group", lowbit_walk("gptq", ggml_order="group"))
 register_producer("lowbit-gptq-nohead", lowbit_walk("gptq", head_gptq=False))
+register_producer("lowbit-gptq-nosmooth", lowbit_walk("gptq", smooth="off"))
 register_producer("lowbit-imatrix", lowbit_walk("gptq", gguf_solver="imatrix"))
 register_producer("imatrix-float", float_imatrix)
 

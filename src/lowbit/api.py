@@ -124,7 +124,7 @@ def _quantize_gguf(model, spec: QuantSpec, method, out, gguf_type: str, format: 
         raise LowbitError(f"a GGUF type ({gguf_type}) was given with format {format!r}: use --format gguf")
     if out is None:
         raise LowbitError("GGUF output needs a file name: give -o OUT.gguf")
-    check_gguf_request(gguf_type, spec.method)
+    check_gguf_request(gguf_type, spec.method, spec.method_args.get("smooth", "auto"))
     out = Path(out)
     check_output(out, overwrite)
     loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)

@@ -59,7 +59,7 @@ def gguf_smoothing(model, spec, plan: dict[str, T], calibration):
     arch = arch_for(model)
     if calibration is None or spec.method_args.get("smooth", "auto") == "off" or not arch.smooth:
         return None
-    tokens = int(spec.method_args.get("smooth_tokens", 8192))
+    tokens = int(spec.method_args.get("smooth_tokens", 4096))  # 8 windows of 512
 
     def transform(layer, layer_name: str, batches) -> dict:
         rounding = {}

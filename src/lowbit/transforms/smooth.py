@@ -25,7 +25,7 @@ import torch
 
 from lowbit.pipeline.capture import layer_output
 
-ALPHAS = (0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the default model's layers chose 0.5-1.0 from 0.2-1.0
 # name -> (weight rounding, input rounding or None): how the target runtime rounds a Linear
 Rounding = dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable | None]]
 
@@ -107,7 +107,7 @@ def _rounded(layer, rounding: Rounding, cached: dict, keys: dict):
 
 @torch.no_grad()
 def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
-                     alphas=ALPHAS, max_tokens: int = 8192) -> dict[str, float]:
+                     alphas=ALPHAS, max_tokens: int = 4096) -> dict[str, float]:
     """Choose alpha per pair (coordinate search, pairs in order) and leave the layer scaled by
     the choice, still computing the same float function. Returns {prev: alpha} of the pairs
     that were scaled. pairs: ((prev, (linear, ...)), ...) relative to the layer."""
