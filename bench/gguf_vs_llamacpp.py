@@ -17,8 +17,8 @@ gguf_mixes.plan_types(loaded.model, file_type) names and calls write_gguf(..., b
 Several producers: --producer lowbit-rtn,gptq --plugin gptq_producer.py.
 
 Built in: lowbit-rtn (llama.cpp's rounding: the same bytes as llama-quantize), lowbit-gptq
-(GPTQ on the block grids, act-order inside each block; lowbit quantize --format gguf --method
-gptq), its ablations lowbit-gptq-natural (natural column order) and lowbit-gptq-static
+(smoothing then GPTQ on the block grids; lowbit quantize --format gguf --method gptq), its
+ablations lowbit-gptq-nosmooth (no smoothing), lowbit-gptq-natural (natural column order) and lowbit-gptq-static
 (global act-order on grids fitted up front), lowbit-imatrix (llama.cpp's importance-weighted
 rounding with importance from lowbit's walk, no error compensation) and imatrix-float
 (llama.cpp's importance-weighted rounding with llama-imatrix's statistic from the float model).

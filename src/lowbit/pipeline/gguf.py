@@ -7,6 +7,9 @@ methods/ggml_grid.py) returns exact block bytes and the weights they decode to, 
 propagates to later layers. The bytes go to write_gguf(blocks=...); tensors the walk does not
 quantize (token embeddings, which SmolLM2 ties to the output matrix) are quantized by the
 writer as llama.cpp does. Same types per tensor as llama-quantize, so the same file size.
+With calibration, each layer is first smoothed (transform hook, transforms/smooth.py): exact
+per-channel rescaling chosen against llama.cpp's rounding of the weights and of the input rows
+its dot products quantize (formats/ggml_activations.py); the scales live in the F32 norms.
 """
 from __future__ import annotations
 
