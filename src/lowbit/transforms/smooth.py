@@ -112,6 +112,8 @@ def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
     the choice, still computing the same float function. Returns {prev: alpha} of the pairs
     that were scaled. pairs: ((prev, (linear, ...)), ...) relative to the layer."""
     pairs = [(p, tuple(ls)) for p, ls in pairs]
+    if not pairs:
+        return {}
     sample = _Sample(layer, pairs, batches, max_tokens)
     touched = {p for p, _ in pairs} | {n for _, ls in pairs for n in ls}
     original = {n: {k: v.detach().clone() for k, v in layer.get_submodule(n).named_parameters()}
