@@ -227,3 +227,17 @@ def test_unknown_smooth_value_is_refused(tmp_path, tiny_tok):
         lowbit.quantize(_tiny_loaded(tiny_tok), QuantSpec(method="gptq", method_args={"smooth": "yes"}),
                         tmp_path / "x.gguf", format="gguf", gguf_type="Q8_0", calib=None)
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_smoothing_is_skipped_on_a_half_precision_model(caplog):
+    """Half-precision norms could not hold the scales exactly: the GGUF walk then skips smoothing
+    (with a warning) rather than write a file whose float function changed."""
+    from lowbit.pipeline.gguf import gguf_smoothing
+
+    model = tiny_llm("llama")
+    plan = plan_types(model, "Q8_0")
+    calibration = torch.zeros(1, 4, dtype=torch.long)
+    assert gguf_smoothing(model, QuantSpec(method="gptq"), plan, calibration) is not None
+    assert gguf_smoothing(model, QuantSpec(method="gptq", method_args={"smooth": "off"}), plan, calibration) is None
+    assert gguf_smoothing(model.to(torch.bfloat16), QuantSpec(method="gptq"), plan, calibration) is None
+    assert "load it in float32" in caplog.text

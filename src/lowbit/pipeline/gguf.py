@@ -13,6 +13,7 @@ its dot products quantize (formats/ggml_activations.py); the scales live in the 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from lowbit.methods.ggml_grid import quantize_on_ggml_grid, round_ggml
 from lowbit.pipeline.sequential import quantize_model, target_linears
 from lowbit.transforms.smooth import search_smoothing
 
+log = logging.getLogger(__name__)
 GGUF_METHODS = ("rtn", "gptq")  # methods that choose codes on GGML block grids
 SMOOTH = ("auto", "off")  # method_args smooth: auto searches smoothing wherever there is calibration
 
@@ -61,6 +63,11 @@ def gguf_smoothing(model, spec, plan: dict[str, T], calibration):
     in this architecture, or method_args smooth "off"."""
     arch = arch_for(model)
     if calibration is None or spec.method_args.get("smooth", "auto") == "off" or not arch.smooth:
+        return None
+    if next(model.parameters()).dtype != torch.float32:
+        # half-precision norms would not hold the scales exactly, nor half forwards the rounding
+        log.warning("smoothing skipped: the model is in %s, load it in float32 to smooth",
+                    next(model.parameters()).dtype)
         return None
     tokens = int(spec.method_args.get("smooth_tokens", 4096))  # 8 windows of 512
 
