@@ -99,3 +99,31 @@ def test_search_halves_the_rounded_error_of_a_layer_with_outlier_channels():
             torch.testing.assert_close(layer_output(layer(h, *a, **kw)), t, rtol=1e-4, atol=1e-5)
     after = rounded_error(layer, batches, targets)
     assert after < 0.5 * before, (after, before)
+
+
+def test_walk_calls_the_transform_once_per_layer_with_its_inputs_even_for_rtn():
+    """The walk captures calibration inputs for a transform although RTN itself needs none; each
+    layer's transform sees that layer's inputs (layer 1's are layer 0's quantized outputs), and an
+    identity transform leaves RTN's codes as they are without one."""
+    from lowbit.pipeline import quantize_model
+    from lowbit.spec import QuantSpec
+
+    spec = QuantSpec(method="rtn", bits=4, group_size=64, method_args={"forward_dtype": "float32"})
+    plain = tiny_llm("llama")
+    quantize_model(plain, spec)
+    model = tiny_llm("llama")
+    ids = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def transform(layer, name, batches):
+        seen.append((name, [(h.clone(), a, kw) for h, a, kw in batches]))
+        return {"n": len(batches)}
+
+    result = quantize_model(model, spec, ids, transform=transform, batch_size=2)
+    assert [n for n, _ in seen] == ["model.layers.0", "model.layers.1"]
+    assert result.transforms == {"model.layers.0": {"n": 2}, "model.layers.1": {"n": 2}}
+    with torch.no_grad():
+        for (h0, a, kw), (h1, _, _) in zip(seen[0][1], seen[1][1]):
+            torch.testing.assert_close(h1, layer_output(model.model.layers[0](h0, *a, **kw)))
+    for a, b in zip(plain.parameters(), model.parameters()):
+        assert torch.equal(a, b)

@@ -175,7 +175,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
     if store is not None:
         start_at = _restore(store, model, layers, prefix, result, lazy is None, method.needs_calibration)
     batches = None
-    if method.needs_calibration and start_at < len(layers):
+    if (method.needs_calibration or transform is not None) and start_at < len(layers):
         if calibration is None:
             raise ValueError(f"method {spec.method!r} needs calibration token ids")
         spill = store.dir / "spill" if store is not None else None
@@ -209,7 +209,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 groups = [[n for g in groups for n in g]]
             for group in groups:
                 observers = {}
-                if batches is not None:
+                if batches is not None and method.needs_calibration:
                     observers = {n: method.observer(targets[n], spec.for_module(n)) for n in group}
                     stopper = StopAfter({n: targets[n] for n in group},
                                         lambda n, x: observers[n].add_batch(x))
