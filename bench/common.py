@@ -25,7 +25,13 @@ def setup(nsamples: int = 128, seqlen: int = 512, eval_windows: int = 40, seed: 
 
 
 def quantized_copy(base_model, spec, calib):
+    """A quantized copy as `lowbit quantize` makes it for compressed-tensors (smoothing too, when
+    spec.method_args["smooth"] is "on")."""
+    from lowbit.pipeline.sequential import target_linears
+    from lowbit.pipeline.smoothing import weight_only_smoothing
+
     model = copy.deepcopy(base_model)
     torch.manual_seed(0)
-    result = quantize_model(model, spec, calib, fit_layout=ct.fit_layout)
+    transform = weight_only_smoothing(model, spec, target_linears(model, spec), ct.fit_layout)
+    result = quantize_model(model, spec, calib, fit_layout=ct.fit_layout, transform=transform)
     return model, result

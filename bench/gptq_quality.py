@@ -1,6 +1,7 @@
 """GPTQ against round-to-nearest on the default model, at the issue's three settings.
 
-    python bench/gptq_quality.py [--windows 40] [--asym] [--act-order] [--clip mse]
+    python bench/gptq_quality.py [--windows 40] [--asym] [--act-order] [--clip mse] [--smooth on]
+        [--settings 4:128,3:128,4:-1]
 
 Prints perplexity, KLD, and the ratio of GPTQ's perplexity increase over the base to
 RTN's (the bar: <= 0.5). Calibration: 128 x 512 tokens of the default calibration text
@@ -31,15 +32,18 @@ def main():
     ap.add_argument("--no-act-order", action="store_true", help="gptq in natural column order")
     ap.add_argument("--forward-dtype", default="auto", help="calibration forward passes: auto, float32 or bfloat16")
     ap.add_argument("--clip", default="auto", help="grid clipping: auto (rtn minmax, gptq mse), minmax or mse")
+    ap.add_argument("--smooth", default="auto", help="on: weight-only smoothing before RTN and GPTQ alike")
+    ap.add_argument("--settings", default=",".join(f"{b}:{g}" for b, g in SETTINGS), help="bits:group_size,...")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    settings = [tuple(int(v) for v in item.split(":")) for item in args.settings.split(",")]
     base, calib, wins = setup(args.nsamples, 512, args.windows)
     models, times = {}, {}
-    gptq_args = {"act_order": not args.no_act_order, "forward_dtype": args.forward_dtype}
-    for bits, g in SETTINGS:
+    gptq_args = {"act_order": not args.no_act_order, "forward_dtype": args.forward_dtype, "smooth": args.smooth}
+    for bits, g in settings:
         for method in ("rtn", "gptq"):
             spec = QuantSpec(method=method, bits=bits, group_size=g, symmetric=not args.asym, clip=args.clip,
-                             method_args=gptq_args if method == "gptq" else {})
+                             method_args=gptq_args if method == "gptq" else {"smooth": args.smooth})
             name = f"{method} w{bits} g{g}"
             t0 = time.perf_counter()
             models[name], _ = quantized_copy(base.model, spec, calib)
@@ -52,7 +56,7 @@ def main():
           f"{grid}, clip {args.clip}, gptq {gptq_args}")
     print(f"{'setting':<12}{'RTN ppl':>10}{'GPTQ ppl':>10}{'RTN KLD':>10}{'GPTQ KLD':>10}{'ratio':>8}  bar <= 0.5")
     rows = []
-    for bits, g in SETTINGS:
+    for bits, g in settings:
         r, q = res[f"rtn w{bits} g{g}"], res[f"gptq w{bits} g{g}"]
         ratio = (q["perplexity"] - base_ppl) / (r["perplexity"] - base_ppl)
         rows.append({"bits": bits, "group_size": g, "rtn": r, "gptq": q, "ratio": ratio,

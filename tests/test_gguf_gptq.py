@@ -223,7 +223,7 @@ def test_llamacpp_judges_smoothed_q8_0_closer_to_the_float_model(tmp_path, tiny_
 
 
 def test_unknown_smooth_value_is_refused(tmp_path, tiny_tok):
-    with pytest.raises(LowbitError, match="smooth must be one of auto, off"):
+    with pytest.raises(LowbitError, match="smooth must be one of auto, on, off"):
         lowbit.quantize(_tiny_loaded(tiny_tok), QuantSpec(method="gptq", method_args={"smooth": "yes"}),
                         tmp_path / "x.gguf", format="gguf", gguf_type="Q8_0", calib=None)
     assert not (tmp_path / "x.gguf").exists()

@@ -14,7 +14,7 @@ from lowbit.formats.ggml_activations import round_q8_0
 from lowbit.methods.ggml_grid import round_ggml
 from lowbit.pipeline.capture import capture_first_layer_inputs, layer_output
 from lowbit.transforms.smooth import scale_pair, search_smoothing, smoothing_scales
-from test_gguf import tiny_llm
+from test_gguf import tiny_llm, tiny_tok  # noqa: F401  (tiny_tok: fixture)
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -127,3 +127,52 @@ def test_walk_calls_the_transform_once_per_layer_with_its_inputs_even_for_rtn():
             torch.testing.assert_close(h1, layer_output(model.model.layers[0](h0, *a, **kw)))
     for a, b in zip(plain.parameters(), model.parameters()):
         assert torch.equal(a, b)
+
+
+def salient_channels(model, factor=20.0, channels=(3, 40, 77, 150)):
+    """A few input channels of q/k/v, gate/up and down `factor` times larger, weights unchanged
+    (another float model): their weights' rounding errors now weigh `factor` times more."""
+    with torch.no_grad():
+        for layer in decoder_layers(model, arch_for(model)):
+            layer.input_layernorm.weight[list(channels)] *= factor
+            layer.post_attention_layernorm.weight[list(channels)] *= factor
+            layer.mlp.up_proj.weight[[c + 100 for c in channels]] *= factor
+    return model
+
+
+def test_smooth_on_for_an_integer_format_is_exact_on_disk_and_cuts_the_error(tmp_path, tiny_tok):
+    """--smooth on with compressed-tensors (weights only): on a model with salient input
+    channels, RTN w4 g64's logits are at least 25% closer to the float model's than without
+    (measured 34%; on the default model, w4 g128: KLD -27% with RTN, -19% with GPTQ);
+    the directory written from disk layer by layer (norms carry the scales) loads back into the
+    same logits as the in-memory result; the default (auto) does not smooth integer formats."""
+    import lowbit
+    from lowbit.io.load import Loaded, load_model
+    from lowbit.spec import QuantSpec
+    from test_cli import PROSE
+
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE)
+    src = tmp_path / "src"
+    salient_channels(tiny_llm("llama", vocab=len(tiny_tok))).save_pretrained(src)
+    tiny_tok.save_pretrained(src)
+    ids = torch.tensor([tiny_tok(PROSE)["input_ids"][:96]])
+    with torch.no_grad():
+        flt = load_model(str(src)).model(ids).logits
+    err, logits = {}, {}
+    for smooth in ("on", "auto"):
+        spec = QuantSpec(method="rtn", bits=4, group_size=64, method_args={"smooth": smooth})
+        s = lowbit.quantize(Loaded(load_model(str(src)).model, tiny_tok, str(src), "hf"), spec, calib=text,
+                            nsamples=8, seqlen=64)
+        assert ("smoothing" in s) == (smooth == "on")
+        with torch.no_grad():
+            logits[smooth] = s["loaded"].model(ids).logits
+        err[smooth] = float((logits[smooth] - flt).abs().mean())
+    assert err["on"] < 0.75 * err["auto"], err
+    out = tmp_path / "out"
+    s = lowbit.quantize(str(src), QuantSpec(method="rtn", bits=4, group_size=64, method_args={"smooth": "on"}),
+                        out, calib=text, nsamples=8, seqlen=64)
+    assert s["loaded"] is None and s["smoothing"]["model.layers.1"]  # the lazy walk from disk
+    with torch.no_grad():
+        back = load_model(str(out)).model(ids).logits
+    torch.testing.assert_close(back, logits["on"], rtol=1e-3, atol=1e-3)

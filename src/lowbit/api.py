@@ -21,6 +21,8 @@ from lowbit.methods import get_method
 from lowbit.arch import arch_for
 from lowbit.pipeline import quantize_model
 from lowbit.pipeline.layer_store import LayerStore, work_dir_for
+from lowbit.pipeline.sequential import target_linears
+from lowbit.pipeline.smoothing import check_smooth, weight_only_smoothing
 from lowbit.spec import QuantSpec, preset
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     "Q4_K_M"): rtn rounds as llama.cpp does, gptq runs GPTQ on its block grids."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
+    check_smooth(spec.method_args.get("smooth", "auto"))
     if format == "gguf" or gguf_type is not None:
         return _quantize_gguf(model, spec, method, out, gguf_type or "Q4_K_M", format, calib, nsamples, seqlen,
                               seed, overwrite, allow_pickle, progress)
@@ -77,18 +80,22 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     if lazy is None:
         _check_weights(loaded.model)
     torch.manual_seed(seed)
-    calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed)
+    calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed, spec)
     store = None
     if out is not None:
         run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format}
         store = LayerStore(work_dir_for(out), run, resume, checkpoint_seconds)
     result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit, progress=progress,
-                            lazy=lazy, store=store, acts_budget_bytes=acts_memory_bytes)
+                            lazy=lazy, store=store, acts_budget_bytes=acts_memory_bytes,
+                            transform=weight_only_smoothing(loaded.model, spec, target_linears(loaded.model, spec),
+                                                            writer.fit))
     summary = {"spec": spec.to_dict(), "base_model": loaded.source, "quantize_seconds": result.seconds,
                "layout_changes": result.layout_changes, "calibration": calib_info,
                "quantized_modules": len(result.specs)}
     if calibration is not None:  # what "auto" became on this machine, for reproducing the run
         summary["forward_dtype"] = result.forward_dtype
+    if result.transforms:
+        summary["smoothing"] = result.transforms
     if out is not None:
         t0 = time.perf_counter()
         save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format,
@@ -103,9 +110,10 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     return summary
 
 
-def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed: int):
-    """(token ids (nsamples, seqlen), what they are) for methods that need calibration, else (None, None)."""
-    if not method.needs_calibration:
+def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed: int, spec: QuantSpec):
+    """(token ids (nsamples, seqlen), what they are) for methods that need calibration or
+    smoothing asked for (smooth "on"), else (None, None)."""
+    if not method.needs_calibration and spec.method_args.get("smooth") != "on":
         return None, None
     text = load_text(calib, "calib")
     calibration = calibration_samples(loaded.tokenizer, text, nsamples, seqlen, seed)
@@ -130,7 +138,7 @@ def _quantize_gguf(model, spec: QuantSpec, method, out, gguf_type: str, format: 
     loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
     _check_weights(loaded.model)
     torch.manual_seed(seed)
-    calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed)
+    calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed, spec)
     summary = quantize_to_gguf(loaded, spec, out, gguf_type, calibration, overwrite, progress)
     tensors = summary.pop("tensors")
     summary.update(calibration=calib_info, out=str(out))

@@ -117,8 +117,9 @@ def quantize(
     seed: int = typer.Option(0),
     fmt: str = typer.Option("compressed-tensors", "--format", help="output format: compressed-tensors, gptq, awq, gguf"),
     gguf_type: Optional[str] = typer.Option(None, help="--format gguf: llama.cpp file type (Q4_K_M default, Q8_0, Q2_K ...)"),
-    smooth: str = typer.Option("auto", help="--format gguf with calibration: per-channel smoothing searched against "
-                                            "llama.cpp's rounding of weights and inputs (auto), or off"),
+    smooth: str = typer.Option("auto", help="per-channel smoothing before quantizing: auto (GGUF files with gptq, "
+                                            "searched against llama.cpp's rounding of weights and inputs), on "
+                                            "(integer formats and rtn too; needs calibration), off"),
     resume: bool = typer.Option(False, help="continue a killed run from its per-layer checkpoints beside OUT"),
     checkpoint_seconds: float = typer.Option(60.0, help="save calibration activations for --resume at most this often"),
     max_shard_bytes: int = typer.Option(2 << 30, help="split the output into safetensors shards of at most this size"),
@@ -133,9 +134,7 @@ def quantize(
     from lowbit import api
     from lowbit.spec import QuantSpec
 
-    method_args = {"true_sequential": true_sequential, "forward_dtype": forward_dtype}
-    if fmt == "gguf":
-        method_args["smooth"] = smooth
+    method_args = {"true_sequential": true_sequential, "forward_dtype": forward_dtype, "smooth": smooth}
     if method == "gptq":
         method_args.update(damp_percent=damp_percent, act_order=act_order, static_groups=static_groups)
     spec = QuantSpec(method=method, bits=bits, group_size=group_size, symmetric=sym, clip=clip,

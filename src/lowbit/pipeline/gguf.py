@@ -13,7 +13,6 @@ its dot products quantize (formats/ggml_activations.py); the scales live in the 
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,6 @@ from pathlib import Path
 import torch
 from gguf import GGMLQuantizationType as T
 
-from lowbit.arch import arch_for
 from lowbit.errors import LowbitError
 from lowbit.formats.ggml_activations import input_rounding
 from lowbit.formats.ggml_blocks import FLOAT_TYPES
@@ -30,11 +28,10 @@ from lowbit.io.gguf_writer import write_gguf
 from lowbit.calibration.hessian import HessianObserver
 from lowbit.methods.ggml_grid import quantize_on_ggml_grid, round_ggml
 from lowbit.pipeline.sequential import quantize_model, target_linears
-from lowbit.transforms.smooth import search_smoothing
+from lowbit.pipeline.smoothing import check_smooth, smoothing_transform
+from lowbit.transforms.smooth import ALPHAS
 
-log = logging.getLogger(__name__)
 GGUF_METHODS = ("rtn", "gptq")  # methods that choose codes on GGML block grids
-SMOOTH = ("auto", "off")  # method_args smooth: auto searches smoothing wherever there is calibration
 
 
 def check_gguf_request(file_type: str, method: str, smooth: str = "auto") -> None:
@@ -43,8 +40,7 @@ def check_gguf_request(file_type: str, method: str, smooth: str = "auto") -> Non
     if method not in GGUF_METHODS:
         raise LowbitError(f"method {method!r} cannot write GGUF yet: use --method "
                           + " or ".join(GGUF_METHODS) + " with --format gguf")
-    if smooth not in SMOOTH:
-        raise LowbitError(f"smooth must be one of {', '.join(SMOOTH)}, got {smooth!r}")
+    check_smooth(smooth)
 
 
 def _llamacpp_rounding(qtype: T):
@@ -59,27 +55,17 @@ def gguf_smoothing(model, spec, plan: dict[str, T], calibration):
     """The walk's transform (transforms/smooth.py) for a GGUF file: per-channel smoothing of
     each layer's norm -> q/k/v, norm -> gate/up and up -> down inputs, searched against what
     llama.cpp computes from the file -- the planned weight types' rounding and the rounding of
-    every input row that the dot products with those types do. None: no calibration, no pairs
-    in this architecture, or method_args smooth "off"."""
-    arch = arch_for(model)
-    if calibration is None or spec.method_args.get("smooth", "auto") == "off" or not arch.smooth:
-        return None
-    if next(model.parameters()).dtype != torch.float32:
-        # half-precision norms would not hold the scales exactly, nor half forwards the rounding
-        log.warning("smoothing skipped: the model is in %s, load it in float32 to smooth",
-                    next(model.parameters()).dtype)
-        return None
-    tokens = int(spec.method_args.get("smooth_tokens", 4096))  # 8 windows of 512
-
-    def transform(layer, layer_name: str, batches) -> dict:
-        rounding = {}
+    every input row that the dot products with those types do. None: no calibration, or
+    method_args smooth "off" (pipeline/smoothing.py)."""
+    def rounding_for(layer, layer_name):
+        out = {}
         for name, module in layer.named_modules():
             qtype = plan.get(f"{layer_name}.{name}.weight")
             if isinstance(module, torch.nn.Linear) and qtype is not None:
-                rounding[name] = _llamacpp_rounding(qtype)
-        pairs = [(p, ls) for p, ls in arch.smooth if all(n in rounding for n in ls)]
-        return search_smoothing(layer, pairs, batches, rounding, max_tokens=tokens)
-    return transform
+                out[name] = _llamacpp_rounding(qtype)
+        return out
+    wanted = calibration is not None and check_smooth(spec.method_args.get("smooth", "auto")) != "off"
+    return smoothing_transform(model, spec, rounding_for, ALPHAS, wanted)
 
 
 def gguf_fit_layout(plan: dict[str, T]):
