@@ -141,11 +141,11 @@ def salient_channels(model, factor=20.0, channels=(3, 40, 77, 150)):
 
 
 def test_smooth_on_for_an_integer_format_is_exact_on_disk_and_cuts_the_error(tmp_path, tiny_tok):
-    """--smooth on with compressed-tensors (weights only): on a model with salient input
-    channels, RTN w4 g64's logits are at least 25% closer to the float model's than without
-    (measured 34%; on the default model, w4 g128: KLD -27% with RTN, -19% with GPTQ);
-    the directory written from disk layer by layer (norms carry the scales) loads back into the
-    same logits as the in-memory result; the default (auto) does not smooth integer formats."""
+    """--smooth on with compressed-tensors (weights only): on models with salient input channels
+    (3 seeds), RTN w4 g64's logits are on average at least 25% closer to the float model's than
+    without (measured 30-58%, mean 43%; on the default model, w4 g128: KLD -27% with RTN, -19% with
+    GPTQ); the directory written from disk layer by layer (norms carry the scales) loads back into
+    the same logits as the in-memory result; the default (auto) does not smooth integer formats."""
     import lowbit
     from lowbit.io.load import Loaded, load_model
     from lowbit.spec import QuantSpec
@@ -153,22 +153,25 @@ def test_smooth_on_for_an_integer_format_is_exact_on_disk_and_cuts_the_error(tmp
 
     text = tmp_path / "prose.txt"
     text.write_text(PROSE)
-    src = tmp_path / "src"
-    salient_channels(tiny_llm("llama", vocab=len(tiny_tok))).save_pretrained(src)
-    tiny_tok.save_pretrained(src)
     ids = torch.tensor([tiny_tok(PROSE)["input_ids"][:96]])
-    with torch.no_grad():
-        flt = load_model(str(src)).model(ids).logits
-    err, logits = {}, {}
-    for smooth in ("on", "auto"):
-        spec = QuantSpec(method="rtn", bits=4, group_size=64, method_args={"smooth": smooth})
-        s = lowbit.quantize(Loaded(load_model(str(src)).model, tiny_tok, str(src), "hf"), spec, calib=text,
-                            nsamples=8, seqlen=64)
-        assert ("smoothing" in s) == (smooth == "on")
+    ratios = []
+    for seed in (0, 1, 2):
+        src = tmp_path / f"src{seed}"
+        salient_channels(tiny_llm("llama", vocab=len(tiny_tok), seed=seed), factor=50).save_pretrained(src)
+        tiny_tok.save_pretrained(src)
         with torch.no_grad():
-            logits[smooth] = s["loaded"].model(ids).logits
-        err[smooth] = float((logits[smooth] - flt).abs().mean())
-    assert err["on"] < 0.75 * err["auto"], err
+            flt = load_model(str(src)).model(ids).logits
+        err, logits = {}, {}
+        for smooth in ("on", "auto"):
+            spec = QuantSpec(method="rtn", bits=4, group_size=64, method_args={"smooth": smooth})
+            s = lowbit.quantize(Loaded(load_model(str(src)).model, tiny_tok, str(src), "hf"), spec, calib=text,
+                                nsamples=8, seqlen=64)
+            assert ("smoothing" in s) == (smooth == "on")
+            with torch.no_grad():
+                logits[smooth] = s["loaded"].model(ids).logits
+            err[smooth] = float((logits[smooth] - flt).abs().mean())
+        ratios.append(err["on"] / err["auto"])
+    assert sum(ratios) / 3 < 0.75, ratios
     out = tmp_path / "out"
     s = lowbit.quantize(str(src), QuantSpec(method="rtn", bits=4, group_size=64, method_args={"smooth": "on"}),
                         out, calib=text, nsamples=8, seqlen=64)
