@@ -162,3 +162,30 @@ def test_resume_refuses_another_run(tmp_path, default_tokenizer, text_file):
     with pytest.raises(LowbitError, match="another model"):
         lowbit.quantize(str(src), "w4g32", tmp_path / "out", resume=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_of_a_smoothed_rtn_run_needs_the_saved_activations(tmp_path, default_tokenizer, text_file):
+    """RTN needs no calibration, but --smooth on does: a resumed run must continue from saved
+    activations like GPTQ (here none were saved yet, so it starts over), never after the newest
+    layer file without its inputs. Output byte-identical to an uninterrupted run."""
+    from lowbit.spec import QuantSpec
+
+    src = tmp_path / "src"
+    _kill_model(src, default_tokenizer)
+    spec = QuantSpec(method="rtn", bits=4, group_size=64, method_args={"smooth": "on"})
+    args = dict(calib=text_file, nsamples=8, seqlen=64, checkpoint_seconds=3600)
+    lowbit.quantize(str(src), spec, tmp_path / "ref", **args)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(kind, i, n):
+        if kind == "layers" and i == 3:
+            raise Stop
+
+    out = tmp_path / "out"
+    with pytest.raises(Stop):
+        lowbit.quantize(str(src), spec, out, progress=stop_after_three, **args)
+    assert (work_dir_for(out) / "layer-00002.safetensors").exists() and not out.exists()
+    lowbit.quantize(str(src), spec, out, resume=True, **args)
+    _same_tree(out, tmp_path / "ref")

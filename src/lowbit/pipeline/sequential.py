@@ -171,13 +171,15 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                                                  _device_type(model))
     forward = _forward_context(result.forward_dtype)
     prefix = arch.layers
+    needs_acts = method.needs_calibration or transform is not None  # a transform searches on them
     start_at = 0
     if store is not None:
-        start_at = _restore(store, model, layers, prefix, result, lazy is None, method.needs_calibration)
+        start_at = _restore(store, model, layers, prefix, result, lazy is None, needs_acts)
     batches = None
-    if (method.needs_calibration or transform is not None) and start_at < len(layers):
+    if needs_acts and start_at < len(layers):
         if calibration is None:
-            raise ValueError(f"method {spec.method!r} needs calibration token ids")
+            raise ValueError(f"method {spec.method!r} needs calibration token ids" if method.needs_calibration
+                             else "the transform needs calibration token ids")
         spill = store.dir / "spill" if store is not None else None
         batches = capture_first_layer_inputs(model, layers, calibration, batch_size,
                                              Activations(acts_budget_bytes, spill))
