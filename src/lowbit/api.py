@@ -22,6 +22,7 @@ from lowbit.arch import arch_for
 from lowbit.pipeline import quantize_model
 from lowbit.pipeline.layer_store import LayerStore, work_dir_for
 from lowbit.pipeline.sequential import target_linears
+from lowbit.pipeline import smoothing
 from lowbit.pipeline.smoothing import check_smooth, weight_only_smoothing
 from lowbit.spec import QuantSpec, preset
 
@@ -113,7 +114,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
 def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed: int, spec: QuantSpec):
     """(token ids (nsamples, seqlen), what they are) for methods that need calibration or
     smoothing asked for (smooth "on"), else (None, None)."""
-    if not method.needs_calibration and spec.method_args.get("smooth") != "on":
+    if not method.needs_calibration and not smoothing.needs_calibration(spec):
         return None, None
     text = load_text(calib, "calib")
     calibration = calibration_samples(loaded.tokenizer, text, nsamples, seqlen, seed)
@@ -132,7 +133,7 @@ def _quantize_gguf(model, spec: QuantSpec, method, out, gguf_type: str, format: 
         raise LowbitError(f"a GGUF type ({gguf_type}) was given with format {format!r}: use --format gguf")
     if out is None:
         raise LowbitError("GGUF output needs a file name: give -o OUT.gguf")
-    check_gguf_request(gguf_type, spec.method, spec.method_args.get("smooth", "auto"))
+    check_gguf_request(gguf_type, spec.method)
     out = Path(out)
     check_output(out, overwrite)
     loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)

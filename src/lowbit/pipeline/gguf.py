@@ -34,13 +34,12 @@ from lowbit.transforms.smooth import ALPHAS
 GGUF_METHODS = ("rtn", "gptq")  # methods that choose codes on GGML block grids
 
 
-def check_gguf_request(file_type: str, method: str, smooth: str = "auto") -> None:
+def check_gguf_request(file_type: str, method: str) -> None:
     """One-line errors before any loading: unknown file type, or a method without GGML grids."""
     parse_file_type(file_type)
     if method not in GGUF_METHODS:
         raise LowbitError(f"method {method!r} cannot write GGUF yet: use --method "
                           + " or ".join(GGUF_METHODS) + " with --format gguf")
-    check_smooth(smooth)
 
 
 def _llamacpp_rounding(qtype: T):
@@ -131,7 +130,7 @@ def quantize_to_gguf(loaded, spec, out: Path, file_type: str = "Q4_K_M", calibra
                      overwrite: bool = False, progress=None) -> dict:
     """Quantize loaded.model (in place: weights become their dequantized values) onto the
     block grids of `file_type` and write OUT as a GGUF file (atomically). Returns a summary."""
-    check_gguf_request(file_type, spec.method, spec.method_args.get("smooth", "auto"))
+    check_gguf_request(file_type, spec.method)
     plan = plan_types(loaded.model, file_type)
     head = _head_to_calibrate(loaded.model, spec, plan, calibration)
     head_weight = loaded.model.get_output_embeddings().weight.data if head else None

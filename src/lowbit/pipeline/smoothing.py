@@ -29,6 +29,11 @@ def check_smooth(value) -> str:
     return value
 
 
+def needs_calibration(spec) -> bool:
+    """Smoothing asked for outright: calibration is needed even by methods that need none."""
+    return spec.method_args.get("smooth") == "on"
+
+
 def smoothing_transform(model, spec, rounding_for, alphas, wanted: bool):
     """The walk's transform, or None (not wanted, no smooth pairs in this architecture, or a
     half-precision model, whose norms could not hold the scales exactly).
