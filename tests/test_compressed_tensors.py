@@ -141,19 +141,37 @@ def test_g_idx_is_never_written(tmp_path, default_tokenizer):
     assert not (tmp_path / "q").exists()
 
 
-def test_transformers5_rope_parameters_are_honoured(tmp_path, default_tokenizer):
-    """A config that keeps rope_theta only under rope_parameters (transformers 5) must not
-    fall back to the 4.x default theta."""
-    model = tiny_model("llama", vocab=VOCAB)
-    model.config.rope_theta = 100000.0
+@pytest.mark.parametrize("layout", ["rope_parameters", "rope_theta"])
+def test_rope_theta_is_honoured_in_either_config_layout(tmp_path, default_tokenizer, layout):
+    """transformers 5 writes rope_theta only under rope_parameters, 4.x only at the top level:
+    whichever transformers is installed, a file in the other layout must not fall back to the
+    default theta (10000), which would change every position silently."""
+    from transformers import AutoModelForCausalLM
+
+    from lowbit.compat import rope_theta
+    from tiny import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", VOCAB, rope_theta=100000.0)).eval()
+    assert rope_theta(model.config) == 100000.0
     d = tmp_path / "m"
     model.save_pretrained(d)
     default_tokenizer.save_pretrained(d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["rope_parameters"] = {"rope_theta": cfg.pop("rope_theta"), "rope_type": "default"}
+    cfg.pop("rope_scaling", None)
+    theta = cfg.pop("rope_theta", None) or cfg.pop("rope_parameters")["rope_theta"]
+    if layout == "rope_parameters":
+        cfg["rope_parameters"] = {"rope_theta": theta, "rope_type": "default"}
+    else:
+        cfg.pop("rope_parameters", None)
+        cfg["rope_theta"] = theta
     (d / "config.json").write_text(json.dumps(cfg))
     loaded = load_model(str(d))
-    assert loaded.model.config.rope_theta == 100000.0
+    assert rope_theta(loaded.model.config) == 100000.0
     ids = torch.randint(0, VOCAB, (1, 40))
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(ids).logits, model(ids).logits)
+        # and the theta matters: the default theta gives other logits
+        other = AutoModelForCausalLM.from_config(tiny_config("llama", VOCAB)).eval()
+        other.load_state_dict(model.state_dict())
+        assert not torch.allclose(other(ids).logits, model(ids).logits, atol=1e-4)

@@ -10,7 +10,7 @@ import torch
 
 from lowbit import api
 from lowbit.eval.size import bits_per_weight
-from lowbit.export import export
+from lowbit.convert import export
 from lowbit.io.load import load_model
 from lowbit.spec import QuantSpec
 from test_cli import PROSE, _one_line_error, run

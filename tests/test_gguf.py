@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import gguf
+
+from lowbit.compat import rope_theta, set_rope
 import numpy as np
 import pytest
 import torch
@@ -209,8 +211,9 @@ def test_roundtrip_types(tmp_path, tiny_tok, family, ftypes):
             assert torch.equal(back.state_dict()[hf], torch.from_numpy(deq.astype(np.float32)))
             assert np.sqrt(((deq - W) ** 2).mean() / (W ** 2).mean()) <= max_err, (ft, proj)
         assert back.config.tie_word_embeddings == model.config.tie_word_embeddings
-        for key in ("num_key_value_heads", "intermediate_size", "rope_theta", "rms_norm_eps", "vocab_size"):
+        for key in ("num_key_value_heads", "intermediate_size", "rms_norm_eps", "vocab_size"):
             assert getattr(back.config, key) == pytest.approx(getattr(model.config, key))
+        assert rope_theta(back.config) == pytest.approx(rope_theta(model.config))
 
 
 def test_metadata_and_tokenizer(tmp_path, tiny_tok):
@@ -387,7 +390,7 @@ def test_llamacpp_rope_scaling(tmp_path, tiny_tok, rope):
     F32 file: llama.cpp's logits equal the scaled model's up to float rounding (measured 2e-5), 100x
     closer than to the same weights without scaling."""
     model = tiny_llm()
-    model.config.rope_scaling = rope
+    set_rope(model.config, {"rope_theta": rope_theta(model.config), **rope})
     model = AutoModelForCausalLM.from_config(model.config).eval()
     state = tiny_llm().state_dict()
     for k in state:

@@ -7,9 +7,9 @@ from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, OPTC
 VOCAB = 49152  # the default model's tokenizer, so CLI tests can tokenize real text
 
 
-def tiny_config(family: str, vocab: int = 512):
+def tiny_config(family: str, vocab: int = 512, **extra):
     common = dict(vocab_size=vocab, hidden_size=72, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, **extra)
     if family == "llama":
         return LlamaConfig(**common, tie_word_embeddings=True)
     if family == "qwen2":

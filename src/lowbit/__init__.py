@@ -10,7 +10,7 @@ def __getattr__(name):
         from lowbit import api
         return getattr(api, name)
     if name == "export":  # lowbit.export(model, "gptq", out): convert between formats
-        from lowbit.export import export
+        from lowbit.convert import export
         return export
     raise AttributeError(name)
 

@@ -8,8 +8,13 @@ from typing import Callable
 
 import torch
 
+from lowbit.errors import LowbitError
+from lowbit.io.hf_config import load_tokenizer, missing_tokenizer
+from lowbit.progress import logging_progress
 from lowbit.calibration.text import calibration_samples, load_text, tokenize
+from lowbit.eval.base_cache import BaseHidden
 from lowbit.eval.perplexity import evaluate_windows, windows
+from lowbit.hardware import resolve_forward_dtype
 from lowbit.eval.size import bits_per_weight, size_on_disk
 from lowbit.io.formats import get_format
 from lowbit.io.atomic import check_output
@@ -48,8 +53,9 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
              *, calib: str | Path | None = None, nsamples: int = 128, seqlen: int = 512, seed: int = 0,
              overwrite: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
              format: str = "compressed-tensors", resume: bool = False,
-             checkpoint_seconds: float = 60.0, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-             gguf_type: str | None = None, acts_memory_bytes: int | None = None) -> dict:
+             checkpoint_seconds: float | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+             gguf_type: str | None = None, acts_memory_bytes: int | None = None,
+             tokenizer: str | Path | None = None, discard_partial: bool | None = None) -> dict:
     """Quantize a model and (with `out`) write a checkpoint directory in `format` atomically.
 
     With `out` and a model on disk (a safetensors directory or the default model), decoder
@@ -60,13 +66,18 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     quarter of the available memory) are kept on disk.
 
     format="gguf" writes OUT as one GGUF file of llama.cpp file type `gguf_type` (default
-    "Q4_K_M"): rtn rounds as llama.cpp does, gptq runs GPTQ on its block grids."""
+    "Q4_K_M"): rtn rounds as llama.cpp does, gptq runs GPTQ on its block grids.
+    tokenizer: a directory whose tokenizer to use (for a model saved without one).
+    progress(stage, done, total): called as the work goes on; by default progress goes to the
+    `lowbit.progress` logger at INFO. discard_partial: delete a partial run of OUT that is not
+    resumed (default: as overwrite); otherwise such a run is kept and this call refused."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
     check_smooth(spec.method_args.get("smooth", "auto"))
+    progress = progress or logging_progress()
     if format == "gguf" or gguf_type is not None:
         return _quantize_gguf(model, spec, method, out, gguf_type or "Q4_K_M", format, calib, nsamples, seqlen,
-                              seed, overwrite, allow_pickle, progress)
+                              seed, overwrite, allow_pickle, progress, tokenizer)
     writer = get_format(format)
     if out is not None:
         out = Path(out)
@@ -78,6 +89,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         loaded, lazy = load_for_walk(model, allow_pickle)
     else:
         loaded = load_model(model, allow_pickle)
+    _use_tokenizer(loaded, tokenizer)
     if lazy is None:
         _check_weights(loaded.model)
     torch.manual_seed(seed)
@@ -85,7 +97,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     store = None
     if out is not None:
         run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format}
-        store = LayerStore(work_dir_for(out), run, resume, checkpoint_seconds)
+        store = LayerStore(work_dir_for(out), run, resume, checkpoint_seconds,
+                           discard=overwrite if discard_partial is None else discard_partial)
     result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit, progress=progress,
                             lazy=lazy, store=store, acts_budget_bytes=acts_memory_bytes,
                             transform=weight_only_smoothing(loaded.model, spec, target_linears(loaded.model, spec),
@@ -116,6 +129,8 @@ def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed
     smoothing asked for (smooth "on"), else (None, None)."""
     if not method.needs_calibration and not smoothing.needs_calibration(spec):
         return None, None
+    if loaded.tokenizer is None:
+        raise missing_tokenizer(loaded.source, f"calibrating {spec.method}")
     text = load_text(calib, "calib")
     calibration = calibration_samples(loaded.tokenizer, text, nsamples, seqlen, seed)
     _warn_small_calibration(loaded.model, calibration)
@@ -123,10 +138,20 @@ def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed
                          "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
 
 
+def _use_tokenizer(loaded: Loaded, tokenizer) -> None:
+    """A tokenizer given by the user replaces (or supplies) the model's."""
+    if tokenizer is None:
+        return
+    tok = load_tokenizer(Path(tokenizer))
+    if tok is None:
+        raise LowbitError(f"--tokenizer {tokenizer} has no tokenizer files (tokenizer.json, tokenizer.model, ...): "
+                          "give the directory of the model's tokenizer")
+    loaded.tokenizer = tok
+
+
 def _quantize_gguf(model, spec: QuantSpec, method, out, gguf_type: str, format: str, calib, nsamples: int,
-                   seqlen: int, seed: int, overwrite: bool, allow_pickle: bool, progress) -> dict:
+                   seqlen: int, seed: int, overwrite: bool, allow_pickle: bool, progress, tokenizer=None) -> dict:
     """quantize(format="gguf"): the whole model in memory, the walk onto GGML grids, one file."""
-    from lowbit.errors import LowbitError
     from lowbit.pipeline.gguf import check_gguf_request, quantize_to_gguf
 
     if format != "gguf":
@@ -137,6 +162,9 @@ def _quantize_gguf(model, spec: QuantSpec, method, out, gguf_type: str, format: 
     out = Path(out)
     check_output(out, overwrite)
     loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
+    _use_tokenizer(loaded, tokenizer)
+    if loaded.tokenizer is None:
+        raise missing_tokenizer(loaded.source, "a GGUF file (its vocabulary is stored in the file)")
     _check_weights(loaded.model)
     torch.manual_seed(seed)
     calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed, spec)
@@ -165,9 +193,18 @@ def _resolve_base(loaded: Loaded, base: str | None) -> str | None:
 
 def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "auto", data: str | Path | None = None,
              seqlen: int = 512, max_windows: int | None = DEFAULT_MAX_WINDOWS, batch_size: int = 2,
-             allow_pickle: bool = False, progress: Progress | None = None) -> dict:
-    """Perplexity of `model`, and against its base: base perplexity, KLD, top-1 agreement."""
+             allow_pickle: bool = False, progress: Progress | None = None,
+             tokenizer: str | Path | None = None, eval_dtype: str = "float32",
+             cache_base: bool = True) -> dict:
+    """Perplexity of `model`, and against its base: base perplexity, KLD (with its standard
+    error over windows), top-1 agreement. eval_dtype "bfloat16" (or "auto": bf16 on CPUs with
+    native bf16) runs the decoders under bf16 autocast, the heads in float32. cache_base: keep
+    the base's hidden states on disk and reuse them (eval/base_cache.py)."""
+    progress = progress or logging_progress()
     loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
+    _use_tokenizer(loaded, tokenizer)
+    if loaded.tokenizer is None:
+        raise missing_tokenizer(loaded.source, "evaluating")
     if isinstance(base, Loaded):
         base_loaded = base
     else:
@@ -175,9 +212,16 @@ def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "aut
         base_loaded = load_model(base_name, allow_pickle) if base_name else None
     text = load_text(data, "eval")
     wins = windows(tokenize(loaded.tokenizer, text), seqlen, max_windows)
+    dtype = resolve_forward_dtype(eval_dtype)
     t0 = time.perf_counter()
+    hidden = None
+    if base_loaded is not None and cache_base:
+        hidden = BaseHidden(base_loaded.model, base_loaded.source, wins, batch_size, dtype)
     res = evaluate_windows(loaded.model, wins, base_loaded.model if base_loaded else None,
-                           batch_size=batch_size, progress=progress)
+                           batch_size=batch_size, progress=progress, dtype=dtype, base_hidden=hidden)
+    if hidden is not None:
+        hidden.save()
+        res["base_cached"] = hidden.hit
     res["eval_seconds"] = time.perf_counter() - t0
     res["data"] = str(data) if data else "default (wiki-offline, eval split)"
     res["model"] = loaded.source

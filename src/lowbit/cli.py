@@ -1,31 +1,68 @@
 """Command line: lowbit quantize / eval / info (names and JSON keys: shared/CONTRACT.md)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from lowbit.errors import LowbitError
+from lowbit.progress import LineProgress
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Quantize LLMs layer by layer and measure what it cost.")
 err = Console(stderr=True)
 out = Console()
+DEFAULT_WINDOWS = 40  # evaluation windows of the main job (docs/results.md: the KLD's standard error)
+# what an interrupted command kept, newest last (a command appends as it goes)
+_interrupt_notes: list[Callable[[], str]] = []
+
+
+def _fail(code: int, line: str):
+    print(f"lowbit: {line}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def _command(fn):
+    """Every command's errors as one line: bad input exits 2, Ctrl-C 130 saying what was kept,
+    anything unexpected 1 (LOWBIT_DEBUG=1 shows its traceback). No traceback reaches a user."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        _interrupt_notes.clear()
+        try:
+            return fn(*args, **kwargs)
+        except LowbitError as e:
+            _fail(2, f"error: {e}")
+        except KeyboardInterrupt:
+            _fail(130, "interrupted: " + (_interrupt_notes[-1]() if _interrupt_notes else "nothing was written"))
+        except MemoryError:
+            _fail(1, "error: out of memory: free memory, or use a smaller model or fewer --nsamples")
+        except Exception as e:  # a bug, not the user's input
+            if os.environ.get("LOWBIT_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            _fail(1, f"internal error: {type(e).__name__}: {first} (a bug in lowbit: rerun with LOWBIT_DEBUG=1 "
+                     "for the traceback and report it)")
+    return run
 
 
 class _Bars:
     """Maps progress(stage, done, total) callbacks onto rich progress bars (on stderr)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self):
         self.progress = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=err, disable=not enabled, transient=False)
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
         self.tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int):
@@ -39,6 +76,29 @@ class _Bars:
 
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def _progress(as_json: bool):
+    """Bars on a terminal; elsewhere (logs, CI, pipes) one line per step with the time left."""
+    if err.is_terminal and not as_json:
+        with _Bars() as bars:
+            yield bars
+    else:
+        yield LineProgress(lambda line: print(f"lowbit: {line}", file=sys.stderr, flush=True))
+
+
+def _version(value: bool):
+    if value:
+        from lowbit import __version__
+        print(f"lowbit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print lowbit's version and exit")):
+    """Quantize LLMs layer by layer and measure what it cost."""
 
 
 def _default_out(model: Optional[str], spec) -> Path:
@@ -94,59 +154,139 @@ def _print_layout_changes(changes: dict):
               + ", ".join(f"{k} ({n} layers)" for k, n in kinds.items()) + "; recorded in lowbit.json")
 
 
+def _given(**flags) -> list[str]:
+    return [name for name, value in flags.items() if value is not None]
+
+
+def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order, static_groups,
+                   true_sequential, forward_dtype, smooth):
+    """The QuantSpec a quantize command asks for: the preset (default: lowbit's best measured
+    4-bit recipe), then every option given beside it; options that do not apply are refused."""
+    from lowbit.spec import BEST_4BIT, QuantSpec, preset
+
+    base = preset(preset_name or BEST_4BIT)
+    method = method or base.method
+    gptq_only = _given(**{"--damp-percent": damp_percent, "--act-order/--no-act-order": act_order,
+                          "--static-groups/--no-static-groups": static_groups})
+    if method != "gptq" and gptq_only:
+        raise LowbitError(f"{gptq_only[0]} applies to --method gptq only, not {method}: drop it or use --method gptq")
+    method_args = {"true_sequential": True if true_sequential is None else true_sequential,
+                   "forward_dtype": forward_dtype, "smooth": smooth}
+    if method == "gptq":
+        method_args.update(damp_percent=0.01 if damp_percent is None else damp_percent,
+                           act_order=True if act_order is None else act_order,
+                           static_groups=True if static_groups is None else static_groups)
+    return QuantSpec(method=method, bits=base.bits if bits is None else bits,
+                     group_size=base.group_size if group_size is None else group_size,
+                     symmetric=base.symmetric if sym is None else sym,
+                     clip=clip or base.clip, method_args=method_args)
+
+
+def _title(spec, fmt: str, gguf_type: str | None) -> str:
+    if fmt == "gguf":
+        return f"{spec.method} {(gguf_type or 'Q4_K_M').upper()} (GGUF)"
+    g = f"g{spec.group_size}" if spec.group_size > 0 else ("per channel" if spec.group_size == -1 else "per tensor")
+    return f"{spec.method} w{spec.bits} {g} {'sym' if spec.symmetric else 'asym'}"
+
+
+def _kept(output: Path) -> str:
+    """What an interrupted quantize leaves, and how to continue it."""
+    from lowbit.pipeline.layer_store import layers_saved, work_dir_for
+
+    work = work_dir_for(output)
+    n = layers_saved(work) if work.is_dir() else 0
+    if not n:
+        return f"nothing was written at {output}"
+    return (f"nothing was written at {output}; {n} finished layers are kept in {work}: "
+            "rerun the same command with --resume to continue")
+
+
+def _confirm_discard(output: Path, resume: bool, overwrite: bool) -> bool:
+    """A partial run of OUT that is not resumed is kept unless --overwrite or the user says so."""
+    from lowbit.pipeline.layer_store import layers_saved, work_dir_for
+
+    work = work_dir_for(output)
+    if resume or overwrite or not work.is_dir() or not sys.stdin.isatty():
+        return overwrite
+    return typer.confirm(f"a partial run of {output} ({layers_saved(work)} layers done) is in {work}; "
+                         "discard it and start over? (--resume continues it)", default=False, err=True)
+
+
 @app.command()
+@_command
 def quantize(
     model: Optional[str] = typer.Argument(None, help="HF directory, .gguf file, hub id; default SmolLM2-135M"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output directory"),
-    method: str = typer.Option("rtn", help="quantization method (rtn, gptq)"),
-    bits: int = typer.Option(4, help="bits per weight, 2..8"),
-    group_size: int = typer.Option(128, help="group size; -1 per channel, 0 per tensor"),
-    sym: bool = typer.Option(True, "--sym/--asym", help="symmetric grid or asymmetric with zero point"),
-    clip: str = typer.Option("auto", help="grid range: minmax, mse (clipping search), auto (rtn: minmax, gptq: mse)"),
-    damp_percent: float = typer.Option(0.01, help="gptq: dampening, fraction of the mean Hessian diagonal"),
-    act_order: bool = typer.Option(True, "--act-order/--no-act-order", help="gptq: columns by decreasing Hessian diagonal"),
-    static_groups: bool = typer.Option(True, "--static-groups/--no-static-groups",
-                                       help="gptq: group grids fixed before the solve (act-order without g_idx)"),
-    true_sequential: bool = typer.Option(True, "--true-sequential/--no-true-sequential",
-                                         help="statistics of later projections from quantized earlier ones"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output directory (NAME.gguf for gguf)"),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help="a preset such as w4g128, gptq-w4g128, w8, "
+                                              "best-4bit (the default); options given beside it override it"),
+    method: Optional[str] = typer.Option(None, help="quantization method: gptq (default, lowbit's best measured "
+                                         "4-bit method) or rtn"),
+    bits: Optional[int] = typer.Option(None, help="bits per weight, 2..8 (default 4)"),
+    group_size: Optional[int] = typer.Option(None, help="group size; -1 per channel, 0 per tensor (default 128)"),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="symmetric grid (default) or asymmetric with zero point"),
+    clip: Optional[str] = typer.Option(None, help="grid range: minmax, mse (clipping search), auto (rtn: minmax, gptq: mse)"),
+    damp_percent: Optional[float] = typer.Option(None, help="gptq: dampening, fraction of the mean Hessian diagonal (0.01)"),
+    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order",
+                                             help="gptq: columns by decreasing Hessian diagonal (default on)"),
+    static_groups: Optional[bool] = typer.Option(None, "--static-groups/--no-static-groups",
+                                                 help="gptq: group grids fixed before the solve (default on)"),
+    true_sequential: Optional[bool] = typer.Option(None, "--true-sequential/--no-true-sequential",
+                                                   help="statistics of later projections from quantized earlier ones"),
     forward_dtype: str = typer.Option("auto", help="calibration forward passes: float32, bfloat16, or auto "
                                                      "(bfloat16 on CPUs with AVX-512 BF16 / AMX)"),
     calib: Optional[Path] = typer.Option(None, help="calibration text (.txt, .jsonl, .parquet)"),
-    nsamples: int = typer.Option(128, help="calibration samples"),
+    nsamples: Optional[int] = typer.Option(None, help="calibration samples (128)"),
     seqlen: int = typer.Option(512, help="tokens per calibration sample / eval window"),
     seed: int = typer.Option(0),
-    fmt: str = typer.Option("compressed-tensors", "--format", help="output format: compressed-tensors, gptq, awq, gguf"),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer directory, for a model saved without one"),
+    fmt: str = typer.Option("compressed-tensors", "--format",
+                            help="output format: compressed-tensors, gptq, gptq-v2, awq, gguf"),
     gguf_type: Optional[str] = typer.Option(None, help="--format gguf: llama.cpp file type (Q4_K_M default, Q8_0, Q2_K ...)"),
     smooth: str = typer.Option("auto", help="per-channel smoothing before quantizing: auto (GGUF files with gptq, "
                                             "searched against llama.cpp's rounding of weights and inputs), on "
                                             "(integer formats and rtn too; needs calibration), off"),
     resume: bool = typer.Option(False, help="continue a killed run from its per-layer checkpoints beside OUT"),
-    checkpoint_seconds: float = typer.Option(60.0, help="save calibration activations for --resume at most this often"),
+    checkpoint_seconds: Optional[float] = typer.Option(None, help="save calibration activations for --resume at most "
+                                                       "this often (default: once the work since the last save is "
+                                                       "worth 10x the save, at least every minute)"),
     max_shard_bytes: int = typer.Option(2 << 30, help="split the output into safetensors shards of at most this size"),
-    overwrite: bool = typer.Option(False, help="replace OUT if it exists"),
+    overwrite: bool = typer.Option(False, help="replace OUT if lowbit wrote it, and discard a partial run of it"),
     allow_pickle: bool = typer.Option(False, help="allow loading pickle (.bin/.pt) weights"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate against the base model after"),
     data: Optional[Path] = typer.Option(None, help="evaluation text"),
-    max_windows: int = typer.Option(40, help="evaluation windows of --seqlen tokens"),
+    max_windows: Optional[int] = typer.Option(None, help=f"evaluation windows of --seqlen tokens ({DEFAULT_WINDOWS})"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Quantize MODEL and write it to OUT; then evaluate it against the base model."""
     from lowbit import api
-    from lowbit.spec import QuantSpec
+    from lowbit.convert import check_format_arguments
+    from lowbit.methods import get_method
+    from lowbit.pipeline.smoothing import check_smooth, needs_calibration
 
-    method_args = {"true_sequential": true_sequential, "forward_dtype": forward_dtype, "smooth": smooth}
-    if method == "gptq":
-        method_args.update(damp_percent=damp_percent, act_order=act_order, static_groups=static_groups)
-    spec = QuantSpec(method=method, bits=bits, group_size=group_size, symmetric=sym, clip=clip,
-                     method_args=method_args)
-    if output is None and fmt == "gguf":
-        output = Path(f"{Path(model).stem if model else 'SmolLM2-135M-Instruct'}-{method}-{(gguf_type or 'Q4_K_M').upper()}.gguf")
-    output = output or _default_out(model, spec)
-    with _Bars(not as_json) as bars:
-        summary = api.quantize(model, spec, output, calib=calib, nsamples=nsamples, seqlen=seqlen,
+    check_smooth(smooth)
+    spec = _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order,
+                          static_groups, true_sequential, forward_dtype, smooth)
+    if output is None:
+        stem = Path(model).stem if model else "SmolLM2-135M-Instruct"
+        output = Path(f"{stem}-{spec.method}-{(gguf_type or 'Q4_K_M').upper()}.gguf") if fmt == "gguf" \
+            else _default_out(model, spec)
+    check_format_arguments(fmt, output, gguf_type, bits, group_size, sym, command="quantize")
+    calibrates = get_method(spec.method).needs_calibration or needs_calibration(spec)
+    if not calibrates and (calib is not None or nsamples is not None):
+        raise LowbitError(f"{'--calib' if calib is not None else '--nsamples'} applies to methods that calibrate "
+                          f"(gptq) or to --smooth on, not {spec.method}: drop it")
+    if not evaluate and (data is not None or max_windows is not None):
+        raise LowbitError(f"{'--data' if data is not None else '--max-windows'} applies to the evaluation, "
+                          "which --no-eval turns off: drop one of them")
+    discard = _confirm_discard(output, resume, overwrite)
+    _interrupt_notes.append(lambda: _kept(output))
+    with _progress(as_json) as bars:
+        summary = api.quantize(model, spec, output, calib=calib, nsamples=nsamples or 128, seqlen=seqlen,
                                seed=seed, overwrite=overwrite, allow_pickle=allow_pickle, progress=bars,
                                format=fmt, resume=resume, checkpoint_seconds=checkpoint_seconds,
-                               max_shard_bytes=max_shard_bytes, gguf_type=gguf_type)
+                               max_shard_bytes=max_shard_bytes, gguf_type=gguf_type, tokenizer=tokenizer,
+                               discard_partial=discard)
+        _interrupt_notes.append(lambda: f"{output} is written and kept; the evaluation was stopped")
         loaded = summary.pop("loaded")
         if summary["layout_changes"] and not as_json:
             _print_layout_changes(summary["layout_changes"])
@@ -154,35 +294,36 @@ def quantize(
         if evaluate:
             base = (model or "default") if fmt == "gguf" else "auto"  # a GGUF file does not name its base
             res = api.evaluate(str(output), base=base, data=data, seqlen=seqlen,
-                               max_windows=max_windows, progress=bars)
+                               max_windows=max_windows or DEFAULT_WINDOWS, progress=bars, tokenizer=tokenizer)
     if as_json:
         print(json.dumps({**summary, "eval": res}, indent=2, default=str))
         return
     out.print(f"wrote [bold]{output}[/] ({summary['quantized_modules']} layers quantized "
               f"in {summary['quantize_seconds']:.1f} s)")
     if res:
-        _print_eval_table(res, f"{spec.method} w{bits} g{group_size} {'sym' if sym else 'asym'}",
-                          summary["quantize_seconds"])
+        _print_eval_table(res, _title(spec, fmt, gguf_type), summary["quantize_seconds"])
     del loaded
 
 
 @app.command("eval")
+@_command
 def eval_cmd(
     model: Optional[str] = typer.Argument(None, help="model to evaluate"),
     base: Optional[str] = typer.Option("auto", help="base model; 'none' turns it off"),
     data: Optional[Path] = typer.Option(None, help="evaluation text (.txt, .jsonl, .parquet)"),
     seqlen: int = typer.Option(512, help="tokens per window"),
-    max_windows: int = typer.Option(40, help="number of windows (0 = all)"),
+    max_windows: int = typer.Option(DEFAULT_WINDOWS, help="number of windows (0 = all)"),
     batch_size: int = typer.Option(2),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer directory, for a model saved without one"),
     allow_pickle: bool = typer.Option(False),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Perplexity, KL divergence and top-1 agreement against the base, size and bits/weight."""
     from lowbit import api
 
-    with _Bars(not as_json) as bars:
+    with _progress(as_json) as bars:
         res = api.evaluate(model, base=base, data=data, seqlen=seqlen, max_windows=max_windows or None,
-                           batch_size=batch_size, allow_pickle=allow_pickle, progress=bars)
+                           batch_size=batch_size, allow_pickle=allow_pickle, progress=bars, tokenizer=tokenizer)
     if as_json:
         print(json.dumps(res, indent=2))
     else:
@@ -190,6 +331,7 @@ def eval_cmd(
 
 
 @app.command()
+@_command
 def info(model: Optional[str] = typer.Argument(None), allow_pickle: bool = typer.Option(False),
          as_json: bool = typer.Option(False, "--json")):
     """What a model is: architecture, parameters, quantized layers and their layout."""
@@ -224,6 +366,7 @@ def info(model: Optional[str] = typer.Argument(None), allow_pickle: bool = typer
 
 
 @app.command("export")
+@_command
 def export_cmd(
     model: Optional[str] = typer.Argument(None, help="float HF dir, lowbit/GPTQ/AWQ dir, or .gguf file"),
     fmt: str = typer.Option(..., "--format", help="gguf, gptq, gptq-v2, awq or compressed-tensors"),
@@ -238,7 +381,7 @@ def export_cmd(
 ):
     """Convert MODEL to another format: losslessly where the target holds its codes, else by
     round-to-nearest (with a one-line warning)."""
-    from lowbit.export import export
+    from lowbit.convert import export
 
     res = export(model, fmt, output, gguf_type=gguf_type, bits=bits, group_size=group_size, symmetric=sym,
                  overwrite=overwrite, allow_pickle=allow_pickle,
@@ -252,28 +395,51 @@ def export_cmd(
               + (f", {res['kept_float']} kept in float" if res["kept_float"] else "") + f"; {res['seconds']:.1f} s)")
 
 
+class _OncePerMessage(logging.Filter):
+    """Each warning once, however many layers or calls raise it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"lowbit: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _sigterm(signum, frame):  # a kill by a scheduler cleans up like Ctrl-C
+    raise KeyboardInterrupt
+
+
 def main():
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import transformers
-    transformers.logging.set_verbosity_error()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter())
+    handler.addFilter(_OncePerMessage())
+    level = getattr(logging, os.environ.get("LOWBIT_LOG", "warning").upper(), logging.WARNING)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("lowbit.progress").propagate = False  # the CLI shows progress itself
     try:
-        app(standalone_mode=False)
-    except LowbitError as e:
-        print(f"lowbit: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("lowbit: interrupted (no partial output was left)", file=sys.stderr)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as e:  # click usage errors come through here in non-standalone mode
-        import click
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        import transformers
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # a broken transformers install is reported by the command that needs it
+        pass
+    previous = None
+    with contextlib.suppress(ValueError):  # not in the main thread: keep the default
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        app()  # typer reports usage errors itself: the usage line and exit status 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

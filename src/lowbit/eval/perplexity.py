@@ -3,9 +3,18 @@
 The text is tokenized as one stream and cut into non-overlapping windows of `seqlen`
 tokens; perplexity is exp of the mean next-token NLL over all predicted tokens. When a
 base model is given, both models see the same windows and we also report the mean
-token KL(P_base || P_quant) and how often their top-1 tokens agree."""
+token KL(P_base || P_quant), its standard error over windows, and how often their top-1
+tokens agree.
+
+Each forward is split at the output head: the decoder ("body") gives the hidden states the
+head reads, and the head runs in float32 on them. So the body may run under bf16 autocast
+(dtype "bfloat16") while logits keep float32 precision, and a base model's hidden states can
+be cached on disk (eval/base_cache.py): the head on cached states gives the same logits, bit
+for bit, as the full forward.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -24,46 +33,100 @@ def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None) -> torch.Te
     return ids[: n * seqlen].reshape(n, seqlen)
 
 
+class _Stop(Exception):
+    pass
+
+
 @torch.no_grad()
-def _logits(model, batch):
-    return model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+def head_inputs(model, batch: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
+    """The hidden states the output head reads (B, T, C), from the decoder alone."""
+    head = model.get_output_embeddings()
+    seen = []
+
+    def grab(module, args):
+        seen.append(args[0])
+        raise _Stop
+
+    handle = head.register_forward_pre_hook(grab)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    try:
+        with autocast:
+            model(input_ids=batch, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@torch.no_grad()
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """float32 logits of the next tokens (B, T-1, V) from the head's inputs."""
+    head = model.get_output_embeddings()
+    return head(hidden.to(head.weight.dtype))[:, :-1].float()
+
+
+class _Window:
+    """Per-window sums, for the means and their standard errors."""
+
+    def __init__(self, n: int):
+        self.nll = torch.zeros(n, dtype=torch.float64)
+        self.kld = torch.zeros(n, dtype=torch.float64)
+        self.agree = torch.zeros(n, dtype=torch.int64)
+
+
+def _stderr(per_window: torch.Tensor, tokens_per_window: int) -> float:
+    """Standard error of the per-token mean, over windows (tokens within a window correlate)."""
+    means = per_window / tokens_per_window
+    if len(means) < 2:
+        return float("nan")
+    return float(means.std(unbiased=True) / math.sqrt(len(means)))
 
 
 @torch.no_grad()
 def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int = 2,
-                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
-    """Metrics for several models on the same windows; the base runs once per batch."""
-    acc = {k: {"nll": 0.0, "kld": 0.0, "agree": 0} for k in models}
-    base_nll, count = 0.0, 0
-    for i in range(0, len(wins), batch_size):
+                  progress: Callable[[str, int, int], None] | None = None, dtype: str = "float32",
+                  base_hidden: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> dict[str, dict]:
+    """Metrics for several models on the same windows; the base runs once per batch.
+    base_hidden(first window, batch) -> the base's head inputs, when they are cached."""
+    n, per = len(wins), wins.shape[1] - 1
+    acc = {k: _Window(n) for k in models}
+    base_acc = _Window(n)
+    for i in range(0, n, batch_size):
         batch = wins[i:i + batch_size]
+        rows = slice(i, i + len(batch))
         target = batch[:, 1:, None]
-        count += target.numel()
-        base_logp = F.log_softmax(_logits(base, batch), -1) if base is not None else None
-        if base_logp is not None:
-            base_nll += float(-base_logp.gather(-1, target).sum())
+        base_logp = None
+        if base is not None:
+            hidden = base_hidden(i, batch) if base_hidden is not None else head_inputs(base, batch, dtype)
+            base_logp = F.log_softmax(head_logits(base, hidden), -1)
+            base_acc.nll[rows] = -base_logp.gather(-1, target).sum((1, 2)).double()
             base_p, base_top = base_logp.exp(), base_logp.argmax(-1)
         for name, model in models.items():
-            logp = F.log_softmax(_logits(model, batch), -1)
+            logp = F.log_softmax(head_logits(model, head_inputs(model, batch, dtype)), -1)
             a = acc[name]
-            a["nll"] += float(-logp.gather(-1, target).sum())
+            a.nll[rows] = -logp.gather(-1, target).sum((1, 2)).double()
             if base_logp is not None:
-                a["kld"] += float((base_p * (base_logp - logp)).sum())
-                a["agree"] += int((base_top == logp.argmax(-1)).sum())
+                a.kld[rows] = (base_p * (base_logp - logp)).sum((1, 2)).double()
+                a.agree[rows] = (base_top == logp.argmax(-1)).sum(1)
             del logp
         if progress:
-            progress("eval", min(i + batch_size, len(wins)), len(wins))
+            progress("eval", min(i + batch_size, n), n)
+    count = n * per
     results = {}
     for name, a in acc.items():
-        r = {"perplexity": math.exp(a["nll"] / count), "nll": a["nll"] / count, "tokens": count,
-             "windows": len(wins), "seqlen": wins.shape[1]}
+        nll = float(a.nll.sum()) / count
+        r = {"perplexity": math.exp(nll), "nll": nll, "nll_stderr": _stderr(a.nll, per), "tokens": count,
+             "windows": n, "seqlen": wins.shape[1], "eval_dtype": dtype}
         if base is not None:
-            r.update(base_perplexity=math.exp(base_nll / count), kld=a["kld"] / count,
-                     top1_agreement=a["agree"] / count)
+            kld = float(a.kld.sum()) / count
+            r.update(base_perplexity=math.exp(float(base_acc.nll.sum()) / count), kld=kld,
+                     kld_stderr=_stderr(a.kld, per), top1_agreement=int(a.agree.sum()) / count)
         results[name] = r
     return results
 
 
 def evaluate_windows(model, wins: torch.Tensor, base=None, batch_size: int = 2,
-                     progress: Callable[[str, int, int], None] | None = None) -> dict:
-    return evaluate_many({"model": model}, wins, base, batch_size, progress)["model"]
+                     progress: Callable[[str, int, int], None] | None = None, dtype: str = "float32",
+                     base_hidden=None) -> dict:
+    return evaluate_many({"model": model}, wins, base, batch_size, progress, dtype, base_hidden)["model"]

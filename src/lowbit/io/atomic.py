@@ -11,9 +11,27 @@ from lowbit.errors import LowbitError
 from lowbit.io.file_checks import disk_full_errors
 
 
+def written_by_lowbit(path: Path) -> bool:
+    """What --overwrite may replace: a directory lowbit wrote (it holds lowbit.json), an empty
+    directory, or a GGUF file. A user's own file or model directory is never replaced."""
+    if path.is_dir():
+        return (path / "lowbit.json").is_file() or not any(path.iterdir())
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    return False
+
+
 def check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
         raise LowbitError(f"output {out} already exists: choose another -o or pass --overwrite")
+    if out.is_symlink() or not written_by_lowbit(out):
+        what = "directory" if out.is_dir() else "file"
+        raise LowbitError(f"--overwrite replaces only what lowbit wrote, and {out} is a {what} lowbit did not "
+                          "write (no lowbit.json or GGUF header): choose another -o, or remove it yourself")
 
 
 @contextlib.contextmanager

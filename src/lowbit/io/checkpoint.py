@@ -88,7 +88,8 @@ def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: 
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp, legacy_format=False)
+        if tokenizer is not None:  # a model saved without one is quantized without one
+            tokenizer.save_pretrained(tmp, legacy_format=False)
         meta = {"lowbit_version": __version__, "format": fmt,
                 **{k: v for k, v in meta.items() if k not in VOLATILE_META}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -105,12 +106,13 @@ def _header_only(qt):
 
 def load_quantized(path: Path, dtype=torch.float32):
     """A quantized directory (any registered format) as a float torch model plus its codes."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from lowbit.compat import init_nonpersistent_buffers
+    from lowbit.io.hf_config import load_config, load_tokenizer
     from lowbit.io.load import Loaded
 
-    from lowbit.io.load import fix_config
-    config = fix_config(AutoConfig.from_pretrained(str(path)), json.loads((path / "config.json").read_text()))
+    config = load_config(path)
     qconfig = config.quantization_config
     qconfig = qconfig if isinstance(qconfig, dict) else qconfig.to_dict()
     del config.quantization_config
@@ -132,12 +134,11 @@ def load_quantized(path: Path, dtype=torch.float32):
     non_buffers = [k for k in missing if k in dict(model.named_parameters())]
     if non_buffers:
         raise ValueError(f"{path}: weights missing from the checkpoint: {non_buffers[:3]}")
-    _init_buffers(model)
+    init_nonpersistent_buffers(model)
     meta = {}
     if (path / META_FILE).is_file():
         meta = json.loads((path / META_FILE).read_text())
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return Loaded(model.eval(), tokenizer, str(path.resolve()), "quantized", tensors, meta)
+    return Loaded(model.eval(), load_tokenizer(path), str(path.resolve()), "quantized", tensors, meta)
 
 
 def _tied_keys(model) -> set[str]:
@@ -145,13 +146,3 @@ def _tied_keys(model) -> set[str]:
     if getattr(model.config, "tie_word_embeddings", False):
         keys.add("lm_head.weight")
     return keys
-
-
-def _init_buffers(model):
-    """Non-persistent buffers (rotary inv_freq) are not in checkpoints: recompute them."""
-    for module in model.modules():
-        if hasattr(module, "rope_init_fn") and hasattr(module, "inv_freq"):
-            inv_freq, scaling = module.rope_init_fn(module.config, torch.device("cpu"))
-            module.inv_freq = inv_freq
-            module.original_inv_freq = inv_freq
-            module.attention_scaling = scaling

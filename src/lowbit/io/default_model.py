@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 from lowbit.errors import LowbitError
@@ -38,7 +39,9 @@ def default_model_dir() -> Path:
     from lowbit.io.load import load_gguf
 
     model, tokenizer = load_gguf(default_gguf())
-    with atomic_dir(out, overwrite=True) as tmp:
+    shutil.rmtree(out, ignore_errors=True)  # only a directory without config.json: never finished
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp, legacy_format=False)
+        if tokenizer is not None:  # a model saved without one is quantized without one
+            tokenizer.save_pretrained(tmp, legacy_format=False)
     return out

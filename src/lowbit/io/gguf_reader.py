@@ -104,7 +104,7 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
         config = gguf_config(r, path)
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise LowbitError(f"{path} has damaged model metadata ({_one_line(e)}): re-download or re-export it") from None
-    from transformers.modeling_utils import no_init_weights
+    from lowbit.compat import no_init_weights
 
     with no_init_weights():  # every weight is overwritten below (missing ones raise)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

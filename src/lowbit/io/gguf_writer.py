@@ -19,6 +19,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from lowbit import __version__
+from lowbit.compat import rope_scaling, rope_theta
 from lowbit.errors import LowbitError
 from lowbit.formats import ggml_blocks
 from lowbit.io.atomic import check_output
@@ -144,14 +145,14 @@ def _add_model_metadata(w: gguf.GGUFWriter, model, arch: str, ftype) -> None:
     w.add_head_count(n_head)
     w.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or n_head)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
+    w.add_rope_freq_base(rope_theta(cfg))
     if arch == "llama":
         w.add_vocab_size(cfg.vocab_size)
         w.add_rope_dimension_count(head_dim)
     if head_dim != cfg.hidden_size // n_head or arch == "qwen3":
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
-    _add_rope_scaling(w, getattr(cfg, "rope_scaling", None))
+    _add_rope_scaling(w, rope_scaling(cfg))
     w.add_file_type(int(ftype))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -174,11 +175,11 @@ def _add_rope_scaling(w: gguf.GGUFWriter, rope: dict | None) -> None:
 
 def _extra_tensors(cfg, arch: str):
     """Llama 3 RoPE scaling is stored as per-frequency factors, the tensor rope_freqs."""
-    rope = getattr(cfg, "rope_scaling", None) or {}
+    rope = rope_scaling(cfg) or {}
     if arch != "llama" or rope.get("rope_type", rope.get("type")) != "llama3":
         return []
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    inv_freq = 1.0 / (float(cfg.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    inv_freq = 1.0 / (rope_theta(cfg) ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
     factor = rope.get("factor", 8.0)
     lo, hi = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
     old_ctx = rope.get("original_max_position_embeddings", 8192)

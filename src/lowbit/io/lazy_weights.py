@@ -133,7 +133,7 @@ class LazyModel:
     def load_outside(self, layers_prefix: str) -> None:
         """Everything but the decoder layers and an untied lm_head (it stays on disk until
         written: a 49k x 2k float32 head is 0.4 GB); ties lm_head; recomputes rotary buffers."""
-        from lowbit.io.checkpoint import _init_buffers
+        from lowbit.compat import init_nonpersistent_buffers
 
         self.deferred = {self._output_weight()} - {None}
         keys = [k for k in self.model.state_dict()
@@ -153,7 +153,7 @@ class LazyModel:
         for name, buf in self.model.named_buffers():
             if buf.is_meta:
                 _assign(self.model, name, torch.zeros(buf.shape, dtype=buf.dtype))
-        _init_buffers(self.model)
+        init_nonpersistent_buffers(self.model)
 
     def materialize(self, layer: torch.nn.Module, prefix: str) -> None:
         """Read one decoder layer's tensors from disk."""
@@ -189,12 +189,11 @@ class LazyModel:
 def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.float32):
     """(Loaded, LazyModel) for a plain safetensors model directory (or the default model);
     anything else (GGUF, quantized dir, hub id, pickle) is loaded whole: (Loaded, None)."""
-    from transformers import AutoConfig, AutoTokenizer
-
     from lowbit.arch import arch_for
     from lowbit.io import file_checks
     from lowbit.io.default_model import default_model_dir
-    from lowbit.io.load import Loaded, _is_quantized_dir, _read_config, fix_config, load_model
+    from lowbit.io.hf_config import load_config, load_tokenizer
+    from lowbit.io.load import Loaded, _is_quantized_dir, _read_config, load_model
 
     path = default_model_dir() if name in (None, "", "default") else Path(name).expanduser()
     if not (path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))):
@@ -205,7 +204,7 @@ def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.floa
     with file_checks.reading(path):  # hostile files: bounds-check first, then one-line errors
         file_checks.check_model_dir(path, dtype.itemsize, layer_by_layer=True)
     try:
-        config = fix_config(AutoConfig.from_pretrained(str(path)), raw)
+        config = load_config(path, raw)
         lazy = LazyModel(path, config, dtype)
         arch = arch_for(lazy.model)
     except LowbitError:
@@ -214,5 +213,4 @@ def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.floa
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LowbitError(f"cannot load {path}: {first[:300]} (check that the files are complete)") from None
     lazy.load_outside(arch.layers)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return Loaded(lazy.model, tokenizer, str(path.resolve()), "hf"), lazy
+    return Loaded(lazy.model, load_tokenizer(path), str(path.resolve()), "hf"), lazy

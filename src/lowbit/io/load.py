@@ -37,23 +37,8 @@ def check_finite(name: str, t: torch.Tensor) -> None:
 
 
 def _read_config(path: Path) -> dict:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise LowbitError(f"{path / 'config.json'} is not valid JSON ({e.msg}, line {e.lineno}): "
-                          "repair or re-download the model") from None
-
-
-def fix_config(config, raw: dict):
-    """Configs written by transformers 5 keep RoPE settings only under "rope_parameters";
-    transformers 4.x ignores that key and would silently use its default rope_theta."""
-    rope = raw.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" not in raw and "rope_theta" in rope:
-        log.info("rope_theta %s taken from rope_parameters", rope["rope_theta"])
-        config.rope_theta = rope["rope_theta"]
-        if rope.get("rope_type", "default") != "default" and getattr(config, "rope_scaling", None) is None:
-            config.rope_scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
-    return config
+    from lowbit.io.hf_config import read_raw_config
+    return read_raw_config(path)
 
 
 def load_gguf(path: Path, dtype=torch.float32):
@@ -104,7 +89,9 @@ def load_model(name: str | None = None, allow_pickle: bool = False, dtype=torch.
 
 
 def _load_hf_dir(path: Path, allow_pickle: bool, dtype) -> Loaded:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from lowbit.io.hf_config import load_config, load_tokenizer
 
     if not (path / "config.json").is_file():
         raise LowbitError(f"{path} is not a model directory (no config.json): "
@@ -124,15 +111,13 @@ def _load_hf_dir(path: Path, allow_pickle: bool, dtype) -> Loaded:
             raise LowbitError(f"{path} has config.json but no weights (*.safetensors): "
                               "copy the weight files into it")
     try:
-        from transformers import AutoConfig
-        config = fix_config(AutoConfig.from_pretrained(str(path)), cfg)
+        config = load_config(path, cfg)
         model = AutoModelForCausalLM.from_pretrained(
             str(path), config=config, dtype=dtype, use_safetensors=has_safetensors, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LowbitError(f"cannot load {path}: {first[:300]} (check that the files are complete)") from None
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return Loaded(model.eval(), tokenizer, str(path.resolve()), "hf")
+    return Loaded(model.eval(), load_tokenizer(path), str(path.resolve()), "hf")
 
 
 def _load_hub(name: str, allow_pickle: bool, dtype) -> Loaded:

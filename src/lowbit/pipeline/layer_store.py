@@ -45,24 +45,48 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     os.replace(tmp, path)
 
 
+def layers_saved(work_dir: Path) -> int:
+    """How many layers (0, 1, ... without a gap) a partial run has finished."""
+    i = 0
+    while (Path(work_dir) / f"layer-{i:05d}.safetensors").is_file():
+        i += 1
+    return i
+
+
 class LayerStore:
-    def __init__(self, work_dir: Path, run: dict, resume: bool, acts_every_seconds: float = 60.0):
+    """discard: an existing partial run that is not resumed is deleted (the user passed
+    --overwrite or confirmed); otherwise it is kept and the run refused."""
+
+    def __init__(self, work_dir: Path, run: dict, resume: bool, acts_every_seconds: float | None = None,
+                 discard: bool = False):
         self.dir = Path(work_dir)
         self.acts_every = acts_every_seconds
         self._last_acts = time.monotonic()
+        self._save_cost: float | None = None  # seconds the last activation save took
+        self.resumed = False
         run_file = self.dir / "run.json"
         run_text = json.dumps(run, indent=2, sort_keys=True) + "\n"
         if resume and self.dir.is_dir() and run_file.is_file():
             if run_file.read_text() != run_text:
                 raise LowbitError(f"the partial run in {self.dir} was for another model, spec or calibration: "
                                   "drop --resume to start over, or rerun with the same arguments")
+            self.resumed = True
         else:
             if self.dir.exists():
-                if not resume:
-                    log.warning("discarding the partial run in %s (pass --resume to continue it)", self.dir)
+                if resume:
+                    log.warning("resuming: %s holds no run description; starting at layer 0", self.dir)
+                elif not discard:
+                    n = layers_saved(self.dir)
+                    raise LowbitError(f"a partial run is kept in {self.dir} ({n} layers done): pass --resume to "
+                                      "continue it, or --overwrite to discard it and start over")
                 shutil.rmtree(self.dir)
+            elif resume:
+                log.warning("resuming: no partial run in %s; starting at layer 0", self.dir)
             self.dir.mkdir(parents=True)
             run_file.write_text(run_text)
+
+    def layers_saved(self) -> int:
+        return layers_saved(self.dir)
 
     # --- what is done -----------------------------------------------------------------
     def resume_point(self, needs_acts: bool = True) -> int:
@@ -101,11 +125,24 @@ class LayerStore:
         _save_atomic(flat, self.layer_file(i), {"modules": json.dumps(info, sort_keys=True)})
 
     def maybe_save_acts(self, i: int, hidden: list, force: bool = False) -> None:
-        """Activations after layer i, at most every acts_every seconds (they are large), one
-        file per batch in the directory acts-i. hidden: each batch's tensor, or the Path of a
-        file already holding it (spilled activations: linked, not copied)."""
-        if not force and time.monotonic() - self._last_acts < self.acts_every:
+        """Activations after layer i, one file per batch in the directory acts-i. They are large:
+        by default they are saved once the work since the last save is worth ten times what
+        saving costs (and at least every minute), so saving takes at most a tenth of the run and
+        a killed run loses little of its work; acts_every (seconds) fixes the interval instead.
+        hidden: each batch's tensor, or the Path of a file already holding it (spilled
+        activations: linked, not copied)."""
+        since = time.monotonic() - self._last_acts
+        if self.acts_every is not None:
+            due = since >= self.acts_every
+        else:
+            if self._save_cost is None:  # not measured yet: a disk writes a few hundred MB/s
+                nbytes = sum(h.stat().st_size if isinstance(h, Path) else h.numel() * h.element_size()
+                             for h in hidden)
+                self._save_cost = nbytes / 300e6
+            due = since >= min(60.0, 10 * self._save_cost)
+        if not (force or due):
             return
+        t0 = time.monotonic()
         from lowbit.io.file_checks import disk_full_errors
 
         final = self.dir / f"acts-{i:05d}"
@@ -125,6 +162,7 @@ class LayerStore:
         os.replace(tmp, final)  # a directory named acts-i is whole
         self._drop_acts(keep=final.name)
         self._last_acts = time.monotonic()
+        self._save_cost = self._last_acts - t0
 
     def _drop_acts(self, keep: str | None = None) -> None:
         for p in self.dir.glob("acts-*"):

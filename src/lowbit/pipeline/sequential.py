@@ -258,7 +258,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
             quantize_one(name, None)
     result.seconds = time.perf_counter() - start
     if result.layout_changes:
-        log.warning("%d layers changed layout to fit the output format", len(result.layout_changes))
+        log.info("%d layers changed layout to fit the output format", len(result.layout_changes))
     return result
 
 
@@ -279,7 +279,13 @@ def _restore(store, model, layers, prefix: str, result: QuantResult, in_memory: 
             layer.load_state_dict({k[len(f"{prefix}.{j}."):]: v for k, v in plain.items()}, strict=False)
     result.stored_layers = done + 1
     if done >= 0:
-        log.warning("resuming after layer %d from %s", done, store.dir)
+        log.warning("resuming: layers 0-%d of %d are done (%s); continuing at layer %d",
+                    done, len(layers), store.dir, done + 1)
+    elif store.resumed:
+        kept = store.layers_saved()
+        why = (f" ({kept} finished layers are saved, but no calibration activations after them)"
+               if kept else "")
+        log.warning("resuming: nothing in %s to continue from%s; starting at layer 0", store.dir, why)
     return done + 1
 
 

@@ -55,7 +55,7 @@ def export(model: str | None, format: str, out: str | Path, *, gguf_type: str | 
     how many tensors were copied exactly, had their scales rounded, or were re-quantized.
     warn(line) receives the one-line warning of a lossy conversion (default: the log)."""
     out = Path(out)
-    _check_arguments(format, out, gguf_type, bits, group_size, symmetric)
+    check_format_arguments(format, out, gguf_type, bits, group_size, symmetric)
     check_output(out, overwrite)
     from lowbit.io.load import load_model
 
@@ -78,10 +78,12 @@ def export(model: str | None, format: str, out: str | Path, *, gguf_type: str | 
     return summary
 
 
-def _check_arguments(format, out: Path, gguf_type, bits, group_size, symmetric) -> None:
-    """Bad input, found before anything is loaded: one line saying what is wrong and the fix."""
+def check_format_arguments(format, out: Path, gguf_type, bits, group_size, symmetric, command: str = "export") -> None:
+    """Bad input, found before anything is loaded: one line saying what is wrong and the fix
+    (quantize asks the same of its output: flags a format cannot use are refused, not ignored)."""
     if format not in targets():
-        raise LowbitError(f"unknown export format {format!r}: choose one of {', '.join(targets())}")
+        what = "export" if command == "export" else "output"
+        raise LowbitError(f"unknown {what} format {format!r}: choose one of {', '.join(targets())}")
     if format == "gguf":
         from lowbit.io.gguf_mixes import parse_file_type
         if bits is not None or group_size is not None or symmetric is not None:
