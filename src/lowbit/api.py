@@ -33,7 +33,7 @@ from lowbit.spec import QuantSpec, preset
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
-DEFAULT_MAX_WINDOWS = 40  # 40 x 512 = 20k tokens: stable to ~1% and a minute or two on a CPU
+DEFAULT_MAX_WINDOWS = 20  # 20 x 512 tokens: the main job's KLD has a standard error of 4.4% (3.1% at 40)
 
 
 def load(model: str | None = None, allow_pickle: bool = False) -> Loaded:
@@ -212,6 +212,8 @@ def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "aut
         base_loaded = load_model(base_name, allow_pickle) if base_name else None
     text = load_text(data, "eval")
     wins = windows(tokenize(loaded.tokenizer, text), seqlen, max_windows)
+    if eval_dtype not in ("float32", "bfloat16", "auto"):
+        raise LowbitError(f"eval dtype {eval_dtype!r} is unknown: use float32, bfloat16 or auto")
     dtype = resolve_forward_dtype(eval_dtype)
     t0 = time.perf_counter()
     hidden = None

@@ -29,24 +29,29 @@ class LineProgress:
     def __init__(self, emit: Callable[[str], None] | None = None, then: Progress | None = None):
         self.emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
         self.then = then  # a user's callback, called for every step
-        self._start: dict[str, float] = {}
-        self._last: dict[str, int | None] = {}  # the step last shown, per stage
+        self._stages: dict[str, list] = {}  # stage -> [start time, first step, last step shown]
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        """The first call of a stage starts its clock (lowbit announces each stage with the step
+        it starts at: 0, or where a resumed run continues); later calls print a line."""
         now = time.perf_counter()
-        last = self._last.get(stage)
-        if stage not in self._start or (last is not None and done < last):  # a new pass of the stage
-            self._start[stage], last = now, None
         if self.then is not None:
             self.then(stage, done, total)
+        st = self._stages.get(stage)
+        if st is None or done < st[2]:  # a new stage, or a new pass of it
+            self._stages[stage] = [now, done, done]
+            if done < total:
+                return
+            st = self._stages[stage]
+        start, first, last = st
         step = 1 if total <= 40 else max(1, total // 10)
-        if last == done or (last is not None and done != total and done - last < step):
+        if done == last and done != first or (done != total and done - last < step):
             return
-        self._last[stage] = done
-        elapsed = now - self._start[stage]
+        st[2] = done
+        elapsed = now - start
         line = f"{stage}: {done}/{total} ({100 * done / max(total, 1):.0f}%), {_seconds(elapsed)} elapsed"
-        if 0 < done < total:
-            line += f", about {_seconds(elapsed / done * (total - done))} left"
+        if first < done < total:
+            line += f", about {_seconds(elapsed / (done - first) * (total - done))} left"
         self.emit(line)
 
 

@@ -92,6 +92,8 @@ def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int =
     n, per = len(wins), wins.shape[1] - 1
     acc = {k: _Window(n) for k in models}
     base_acc = _Window(n)
+    if progress:
+        progress("eval", 0, n)
     for i in range(0, n, batch_size):
         batch = wins[i:i + batch_size]
         rows = slice(i, i + len(batch))

@@ -5,6 +5,7 @@ Caveat: its weights went through Q4_1 (groups of 32, scale + min), so asymmetric
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -38,6 +39,7 @@ def default_model_dir() -> Path:
     from lowbit.io.atomic import atomic_dir
     from lowbit.io.load import load_gguf
 
+    logging.getLogger("lowbit.note").info("converting the default model (once) to a float directory in %s", out)
     model, tokenizer = load_gguf(default_gguf())
     shutil.rmtree(out, ignore_errors=True)  # only a directory without config.json: never finished
     with atomic_dir(out) as tmp:

@@ -29,6 +29,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats import QuantizedTensor
 
 log = logging.getLogger(__name__)
+note = logging.getLogger("lowbit.note")  # what a user should know (the CLI shows it)
 _QT_FIELDS = ("q", "scale", "zero", "g_idx")
 
 
@@ -74,14 +75,14 @@ class LayerStore:
         else:
             if self.dir.exists():
                 if resume:
-                    log.warning("resuming: %s holds no run description; starting at layer 0", self.dir)
+                    note.info("resuming: %s holds no run description; starting at layer 0", self.dir)
                 elif not discard:
                     n = layers_saved(self.dir)
                     raise LowbitError(f"a partial run is kept in {self.dir} ({n} layers done): pass --resume to "
                                       "continue it, or --overwrite to discard it and start over")
                 shutil.rmtree(self.dir)
             elif resume:
-                log.warning("resuming: no partial run in %s; starting at layer 0", self.dir)
+                note.info("resuming: no partial run in %s; starting at layer 0", self.dir)
             self.dir.mkdir(parents=True)
             run_file.write_text(run_text)
 

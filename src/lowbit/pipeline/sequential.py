@@ -26,6 +26,7 @@ from lowbit.pipeline.output_cache import OutputCache
 from lowbit.spec import QuantSpec, match_name
 
 log = logging.getLogger(__name__)
+note = logging.getLogger("lowbit.note")  # what a user should know (the CLI shows it)
 
 # fit_layout(name, spec, (out, in)) -> spec the output format can store (e.g. a group
 # size that divides the row); the walk quantizes with exactly what will be written.
@@ -198,6 +199,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         log.info("calibration forward passes in %s", result.forward_dtype)
     cache = OutputCache(int(spec.method_args.get("cache_bytes",
                                                   min(DEFAULT_CACHE_BYTES, default_budget_bytes()))))
+    if progress:
+        progress("layers", start_at, len(layers))  # the clock of the time-left estimate starts here
     try:
         for i, layer in enumerate(layers):
             if i < start_at:
@@ -279,13 +282,13 @@ def _restore(store, model, layers, prefix: str, result: QuantResult, in_memory: 
             layer.load_state_dict({k[len(f"{prefix}.{j}."):]: v for k, v in plain.items()}, strict=False)
     result.stored_layers = done + 1
     if done >= 0:
-        log.warning("resuming: layers 0-%d of %d are done (%s); continuing at layer %d",
+        note.info("resuming: layers 0-%d of %d are done (%s); continuing at layer %d",
                     done, len(layers), store.dir, done + 1)
     elif store.resumed:
         kept = store.layers_saved()
         why = (f" ({kept} finished layers are saved, but no calibration activations after them)"
                if kept else "")
-        log.warning("resuming: nothing in %s to continue from%s; starting at layer 0", store.dir, why)
+        note.info("resuming: nothing in %s to continue from%s; starting at layer 0", store.dir, why)
     return done + 1
 
 
