@@ -24,9 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Quantize LLMs layer by layer and measure what it cost.")
 err = Console(stderr=True)
 out = Console()
-# evaluation windows by default: 20 x 512 tokens keep the standard error of the main job's KLD
-# at 4.4% (3.1% at 40 windows, measured; README)
-DEFAULT_WINDOWS = 20
+# evaluation windows by default: 24 x 512 tokens keep the standard error of the main job's KLD
+# under 5% (measured 4.9% at 20 windows, 3.1% at 40; docs/results.md)
+DEFAULT_WINDOWS = 24
 EVAL_DTYPE_HELP = ("evaluation forwards: float32, or bfloat16 (decoders under bf16 autocast, heads in float32; "
                    "1.85x faster here but +18% KLD on an 8-bit model, so not the default), or auto (bf16 on "
                    "CPUs with native bf16)")
@@ -158,7 +158,7 @@ def _print_layout_changes(changes: dict):
                 key = f"{k} {v['requested']} -> {v['used']}"
                 kinds[key] = kinds.get(key, 0) + 1
     err.print(f"[yellow]note:[/] {len(changes)} layers changed layout so compressed-tensors can store them: "
-              + ", ".join(f"{k} ({n} layers)" for k, n in kinds.items()) + "; recorded in lowbit.json")
+              + ", ".join(f"{k} ({n} layers)" for k, n in kinds.items()) + "; recorded in lowbit.json", soft_wrap=True)
 
 
 def _given(**flags) -> list[str]:
