@@ -5,7 +5,8 @@ of several GB in safetensors shards, then runs `lowbit quantize` on it in a chil
 watched every 20 ms: the child is killed if its RSS passes the cap. Prints peak RSS against
 the checkpoint size.
 
-    python bench/scale_rss.py [--dir /tmp/lowbit-scale] [--cap-gb 2.5] [--method gptq]
+    python bench/scale_rss.py [--dir /tmp/lowbit-scale] [--cap-gb 2.5] [--method gptq|rtn]
+                              [--dtype float32|float16|bfloat16]
 """
 from __future__ import annotations
 
@@ -27,27 +28,31 @@ CONFIG = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size
               hidden_act="silu", torch_dtype="float32", bos_token_id=1, eos_token_id=2)
 
 
-def generate(path: Path) -> int:
-    """Write the checkpoint one layer per shard; returns its size in bytes."""
+def generate(path: Path, dtype: str = "float32") -> int:
+    """Write the checkpoint one layer per shard, in `dtype`; returns its size in bytes."""
     if (path / "model.safetensors.index.json").is_file():
         return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    torch_dtype = getattr(torch, dtype)
     path.mkdir(parents=True, exist_ok=True)
     c = CONFIG
     h, f, kv = c["hidden_size"], c["intermediate_size"], c["hidden_size"] // c["num_attention_heads"] * c["num_key_value_heads"]
     gen = torch.Generator().manual_seed(0)
 
     def w(o, i):
-        return torch.randn(o, i, generator=gen) * (1.0 / i ** 0.5)
+        return (torch.randn(o, i, generator=gen) * (1.0 / i ** 0.5)).to(torch_dtype)
 
-    shards = [{"model.embed_tokens.weight": w(c["vocab_size"], h), "model.norm.weight": torch.ones(h),
+    def ones(n):
+        return torch.ones(n, dtype=torch_dtype)
+
+    shards = [{"model.embed_tokens.weight": w(c["vocab_size"], h), "model.norm.weight": ones(h),
                "lm_head.weight": w(c["vocab_size"], h)}]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         shards.append({p + "self_attn.q_proj.weight": w(h, h), p + "self_attn.k_proj.weight": w(kv, h),
                        p + "self_attn.v_proj.weight": w(kv, h), p + "self_attn.o_proj.weight": w(h, h),
                        p + "mlp.gate_proj.weight": w(f, h), p + "mlp.up_proj.weight": w(f, h),
-                       p + "mlp.down_proj.weight": w(h, f), p + "input_layernorm.weight": torch.ones(h),
-                       p + "post_attention_layernorm.weight": torch.ones(h)})
+                       p + "mlp.down_proj.weight": w(h, f), p + "input_layernorm.weight": ones(h),
+                       p + "post_attention_layernorm.weight": ones(h)})
     weight_map, total = {}, 0
     for k, tensors in enumerate(shards):
         name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -57,7 +62,7 @@ def generate(path: Path) -> int:
         shards[k] = None  # free as we go
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
                                                                     "weight_map": weight_map}))
-    (path / "config.json").write_text(json.dumps(CONFIG))
+    (path / "config.json").write_text(json.dumps({**CONFIG, "torch_dtype": dtype}))
     from transformers import AutoTokenizer
 
     from lowbit.io.default_model import default_model_dir
@@ -89,7 +94,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="/tmp/lowbit-scale")
     ap.add_argument("--cap-gb", type=float, default=2.5)
-    ap.add_argument("--method", default="gptq")
+    ap.add_argument("--method", default="gptq", choices=["gptq", "rtn"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="the checkpoint's dtype (released checkpoints are mostly bf16/fp16)")
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--resume", action="store_true",
@@ -97,16 +104,17 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.dir)
     t0 = time.perf_counter()
-    size = generate(root / "model")
+    model_dir = root / f"model-{args.dtype}"
+    size = generate(model_dir, args.dtype)
     print(f"checkpoint: {size / 1e9:.2f} GB in {len(list((root / 'model').glob('*.safetensors')))} shards "
           f"({time.perf_counter() - t0:.0f} s to generate)")
     out = root / "out"
     shutil.rmtree(out, ignore_errors=True)
     cap = int(args.cap_gb * 1e9)
-    cmd = [sys.executable, "-m", "lowbit.cli", "quantize", str(root / "model"), "-o", str(out),
-           "--method", args.method, "--bits", "4", "--group-size", "128", "--nsamples", str(args.nsamples),
-           "--seqlen", str(args.seqlen), "--no-eval", "--max-shard-bytes", str(512 << 20)] + \
-        (["--resume"] if args.resume else [])
+    calib = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen)] if args.method == "gptq" else []
+    cmd = [sys.executable, "-m", "lowbit.cli", "quantize", str(model_dir), "-o", str(out),
+           "--method", args.method, "--bits", "4", "--group-size", "128", *calib, "--no-eval",
+           "--max-shard-bytes", str(512 << 20)] + (["--resume"] if args.resume else [])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     peak = 0
@@ -120,7 +128,7 @@ def main() -> None:
     if proc.returncode != 0:
         sys.exit(f"quantize failed with exit {proc.returncode}")
     out_size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
-    print(f"quantized ({args.method} w4 g128) in {time.perf_counter() - t0:.0f} s -> {out_size / 1e9:.2f} GB")
+    print(f"quantized ({args.method} w4 g128, {args.dtype} checkpoint) in {time.perf_counter() - t0:.0f} s -> {out_size / 1e9:.2f} GB")
     print(f"peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f}x the checkpoint ({size / 1e9:.2f} GB); "
           f"cap {args.cap_gb} GB")
 

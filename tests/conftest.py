@@ -1,5 +1,9 @@
+from pathlib import Path
+
 import pytest
 import torch
+
+DATA = Path(__file__).parent / "data"
 
 torch.set_num_threads(2)
 
@@ -17,3 +21,38 @@ def default_tokenizer():
 from transformers.utils import logging as _hf_logging  # noqa: E402
 
 _hf_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    """A 512-token byte-level BPE tokenizer trained on tests/data/prose.txt (fast to write and
+    read as GGUF; trained on a fixture, so editing documentation cannot move a test)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([(DATA / "prose.txt").read_text()], vocab_size=512,
+                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>",
+                                  eos_token="<|im_end|>", unk_token="<|endoftext|>")
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    return tok
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """Calibration / evaluation prose long enough for 64-token windows."""
+    from clitools import PROSE
+    f = tmp_path_factory.mktemp("text") / "prose.txt"
+    f.write_text(PROSE)
+    return f
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, default_tokenizer):
+    """A tiny random Llama with the default model's tokenizer, saved as a model directory."""
+    from tiny import VOCAB, tiny_model
+    d = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama", vocab=VOCAB).save_pretrained(d)
+    default_tokenizer.save_pretrained(d)
+    return d

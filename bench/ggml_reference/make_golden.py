@@ -1,4 +1,4 @@
-"""Golden fixtures for tests/test_ggml_blocks.py: llama.cpp's own bytes for our inputs.
+"""Golden fixtures for tests/formats/test_ggml_blocks.py: llama.cpp's own bytes for our inputs.
 
     bash bench/ggml_reference/build.sh SRC /tmp/ggml_ref          # SRC: llama.cpp or ggml tree
     python3 bench/ggml_reference/make_golden.py --lib /tmp/ggml_ref/libggml_ref.so \\

@@ -10,6 +10,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.io.hf_config import load_tokenizer, missing_tokenizer
+from lowbit.options import check_method_args
 from lowbit.progress import logging_progress
 from lowbit.calibration.text import calibration_samples, load_text, tokenize
 from lowbit.eval.base_cache import BaseHidden
@@ -73,6 +74,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     resumed (default: as overwrite); otherwise such a run is kept and this call refused."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
+    check_method_args(spec, method)  # a misspelled option is an error, not ignored
     check_smooth(spec.method_args.get("smooth", "auto"))
     progress = progress or logging_progress()
     if format == "gguf" or gguf_type is not None:

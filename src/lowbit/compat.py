@@ -14,6 +14,11 @@ import transformers
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 
+def layer_output(out):
+    """A decoder layer's hidden states: transformers 4.x layers return a tuple, 5.x a tensor."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def no_init_weights():
     """Context in which from_config skips random initialisation (every weight is overwritten)."""
     try:

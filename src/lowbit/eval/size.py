@@ -17,10 +17,10 @@ import json
 import math
 from pathlib import Path
 
+from lowbit.io.st_dtypes import ELEMENT_BYTES
+
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
 CT_SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape")
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
-                "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E5M2": 1, "F8_E4M3": 1}
 
 
 def size_on_disk(path: str | Path) -> int:
@@ -66,7 +66,7 @@ def _header(f: Path) -> dict:
 
 
 def _nbytes(dtype: str, shape) -> int:
-    return _DTYPE_BYTES[dtype] * math.prod(shape)
+    return ELEMENT_BYTES[dtype] * math.prod(shape)
 
 
 def _ct_bits(path: Path) -> float | None:

@@ -158,7 +158,7 @@ def _detect(qconfig: dict) -> bool:
     return qconfig.get("quant_method") == "awq" and str(qconfig.get("version", "gemm")).lower() == "gemm"
 
 
-from lowbit.io.formats import CheckpointFormat, register_format  # noqa: E402
+from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("awq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors,
                                  scale_dtype="float16"))

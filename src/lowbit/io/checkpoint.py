@@ -110,7 +110,7 @@ def load_quantized(path: Path, dtype=torch.float32):
 
     from lowbit.compat import init_nonpersistent_buffers
     from lowbit.io.hf_config import load_config, load_tokenizer
-    from lowbit.io.load import Loaded
+    from lowbit.io.loaded import Loaded
 
     config = load_config(path)
     qconfig = config.quantization_config

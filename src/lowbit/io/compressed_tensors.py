@@ -161,7 +161,7 @@ def _detect(qconfig: dict) -> bool:
     return qconfig.get("quant_method") == "compressed-tensors"
 
 
-from lowbit.io.formats import CheckpointFormat, register_format  # noqa: E402
+from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("compressed-tensors", fit_layout, pack_tensor, quantization_config,
                                  _detect, read_tensors))

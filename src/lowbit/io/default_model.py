@@ -37,7 +37,6 @@ def default_model_dir() -> Path:
     if (out / "config.json").is_file():
         return out
     from lowbit.io.atomic import atomic_dir
-    from lowbit.io.load import load_gguf
 
     logging.getLogger("lowbit.note").info("converting the default model (once) to a float directory in %s", out)
     model, tokenizer = load_gguf(default_gguf())
@@ -47,3 +46,21 @@ def default_model_dir() -> Path:
         if tokenizer is not None:  # a model saved without one is quantized without one
             tokenizer.save_pretrained(tmp, legacy_format=False)
     return out
+
+
+def load_gguf(path: Path):
+    """A GGUF file dequantized to float32 by transformers, with its tokenizer. Only the default
+    model's one-time conversion uses this, so its cached float directory stays what it always
+    was; every other .gguf goes through io/gguf_reader.read_gguf."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    # the model is plain float now: drop the GGUF marker so it saves and re-quantizes as float
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    return model.eval(), tokenizer

@@ -15,55 +15,41 @@ import struct
 from pathlib import Path
 
 from lowbit.errors import LowbitError
+from lowbit.io.gguf_check import check_gguf, check_gguf_config
+from lowbit.io.header_checks import SIZE_LIMITS, check_sizes, config_params, fail, is_int  # noqa: F401
+from lowbit.io.st_dtypes import ELEMENT_BYTES
 
 MAX_HEADER = 100 * 2**20  # the safetensors library's own limit
 MAX_CONFIG = 16 * 2**20  # config.json is a few KB; larger is not a config
 SKIP_MEMORY_ENV = "LOWBIT_SKIP_MEMORY_CHECK"
-# bytes per element; sub-byte and exotic safetensors dtypes are refused
-ST_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
-             "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-# hyperparameters that size allocations: null (library default) or a positive int below the cap.
-# Caps are far above any released model (hidden 16384, vocab 256k, 1M context).
-SIZE_LIMITS = {
-    "hidden_size": 2**17, "n_embd": 2**17, "d_model": 2**17, "word_embed_proj_dim": 2**17,
-    "intermediate_size": 2**20, "ffn_dim": 2**20, "n_inner": 2**20, "moe_intermediate_size": 2**20,
-    "num_hidden_layers": 2**12, "n_layer": 2**12, "num_attention_heads": 2**12, "n_head": 2**12,
-    "num_key_value_heads": 2**12, "head_dim": 2**14, "vocab_size": 2**23,
-    "max_position_embeddings": 2**27, "n_positions": 2**27, "num_local_experts": 2**12, "num_experts": 2**12,
-}
+ST_DTYPES = ELEMENT_BYTES  # sub-byte and exotic safetensors dtypes are refused
 
-
-def _fail(path, problem: str, fix: str = "re-download or re-export it"):
-    raise LowbitError(f"{path} {problem}: {fix}")
-
-
-# ---------------------------------------------------------------- safetensors
 
 def check_safetensors(path) -> int:
     """Validate a .safetensors file's header against its size; return its element count."""
     size = os.path.getsize(path)
     if size < 8:
-        _fail(path, f"is truncated ({size} bytes, shorter than the 8-byte header length)", "re-download it")
+        fail(path, f"is truncated ({size} bytes, shorter than the 8-byte header length)", "re-download it")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > size - 8:
-            _fail(path, f"is truncated (header says {n} bytes, file has {size - 8} after the length)",
+            fail(path, f"is truncated (header says {n} bytes, file has {size - 8} after the length)",
                   "re-download it")
         if n > MAX_HEADER:
-            _fail(path, f"has a {n}-byte header, over the {MAX_HEADER}-byte limit of safetensors")
+            fail(path, f"has a {n}-byte header, over the {MAX_HEADER}-byte limit of safetensors")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        _fail(path, f"has a header that is not valid JSON ({type(e).__name__})")
+        fail(path, f"has a header that is not valid JSON ({type(e).__name__})")
     if not isinstance(header, dict):
-        _fail(path, "has a header that is not a JSON object")
+        fail(path, "has a header that is not a JSON object")
     data_size = size - 8 - n
     spans, numel_total = [], 0
     for name, entry in header.items():
         if name == "__metadata__":
             if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
-                _fail(path, "has __metadata__ that is not a map of strings")
+                fail(path, "has __metadata__ that is not a map of strings")
             continue
         numel, span = _check_entry(path, name, entry, data_size)
         numel_total += numel
@@ -74,22 +60,22 @@ def check_safetensors(path) -> int:
 
 def _check_entry(path, name: str, entry, data_size: int):
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        _fail(path, f"tensor {name[:80]!r} is not {{dtype, shape, data_offsets}}")
+        fail(path, f"tensor {name[:80]!r} is not {{dtype, shape, data_offsets}}")
     dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in ST_DTYPES:
-        _fail(path, f"tensor {name[:80]!r} has unknown dtype {str(dtype)[:20]!r}",
+        fail(path, f"tensor {name[:80]!r} has unknown dtype {str(dtype)[:20]!r}",
               f"re-export it with one of {', '.join(ST_DTYPES)}")
-    if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and d >= 0 for d in shape):
-        _fail(path, f"tensor {name[:80]!r} has shape {str(shape)[:60]} (want up to 8 non-negative ints)")
-    if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs)
+    if not isinstance(shape, list) or len(shape) > 8 or not all(is_int(d) and d >= 0 for d in shape):
+        fail(path, f"tensor {name[:80]!r} has shape {str(shape)[:60]} (want up to 8 non-negative ints)")
+    if (not isinstance(offs, list) or len(offs) != 2 or not all(is_int(o) for o in offs)
             or not 0 <= offs[0] <= offs[1]):
-        _fail(path, f"tensor {name[:80]!r} has data_offsets {str(offs)[:60]} (want [begin, end], 0 <= begin <= end)")
+        fail(path, f"tensor {name[:80]!r} has data_offsets {str(offs)[:60]} (want [begin, end], 0 <= begin <= end)")
     if offs[1] > data_size:
-        _fail(path, f"is truncated (tensor {name[:80]!r} ends at data byte {offs[1]}, the file has "
+        fail(path, f"is truncated (tensor {name[:80]!r} ends at data byte {offs[1]}, the file has "
                     f"{data_size} data bytes)", "re-download it")
     numel = math.prod(shape)
     if offs[1] - offs[0] != numel * ST_DTYPES[dtype]:
-        _fail(path, f"tensor {name[:80]!r} spans {offs[1] - offs[0]} bytes but {dtype} {shape} needs "
+        fail(path, f"tensor {name[:80]!r} spans {offs[1] - offs[0]} bytes but {dtype} {shape} needs "
                     f"{numel * ST_DTYPES[dtype]}")
     return numel, (offs[0], offs[1])
 
@@ -100,25 +86,21 @@ def _check_spans(path, spans: list, data_size: int) -> None:
     end, prev = 0, None
     for (begin, stop), name in sorted(spans):
         if begin < end:
-            _fail(path, f"tensors {prev[:60]!r} and {name[:60]!r} overlap (bytes {begin}..{end})")
+            fail(path, f"tensors {prev[:60]!r} and {name[:60]!r} overlap (bytes {begin}..{end})")
         if begin > end:
-            _fail(path, f"has {begin - end} unused bytes before tensor {name[:60]!r}")
+            fail(path, f"has {begin - end} unused bytes before tensor {name[:60]!r}")
         end, prev = stop, name
     if end != data_size:
-        _fail(path, f"has {data_size - end} bytes after its last tensor (file damaged or wrongly joined)")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+        fail(path, f"has {data_size - end} bytes after its last tensor (file damaged or wrongly joined)")
 
 
 def check_packed(path, name: str, t: dict, args: dict) -> None:
     """A compressed-tensors module's stored tensors agree with each other, so unpacking
     allocates no more than the packed codes imply (weight_shape is a number in the file)."""
     def bad(problem):
-        _fail(path, f"module {name[:80]!r}: {problem}", "the checkpoint is damaged; re-export it")
+        fail(path, f"module {name[:80]!r}: {problem}", "the checkpoint is damaged; re-export it")
     bits = args.get("num_bits")
-    if not _is_int(bits) or not 1 <= bits <= 8:
+    if not is_int(bits) or not 1 <= bits <= 8:
         bad(f"num_bits {str(bits)[:20]} is not an integer from 1 to 8")
     packed, shape = t.get("weight_packed"), t.get("weight_shape")
     if shape is None or tuple(shape.shape) != (2,) or packed.ndim != 2 or shape.is_floating_point():
@@ -130,7 +112,7 @@ def check_packed(path, name: str, t: dict, args: dict) -> None:
     strategy, group = args.get("strategy") or "tensor", args.get("group_size")
     ngroups = {"tensor": None, "channel": 1}.get(strategy)
     if ngroups is None and strategy == "group":
-        if not _is_int(group) or group <= 0:
+        if not is_int(group) or group <= 0:
             bad(f"group_size {str(group)[:20]} is not a positive integer")
         ngroups = -(-inp // group)
     scale = t.get("weight_scale")
@@ -157,56 +139,21 @@ def check_config_json(path) -> dict:
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_CONFIG:
-        _fail(path, f"is {size} bytes, too large for a config", "repair or re-download the model")
+        fail(path, f"is {size} bytes, too large for a config", "repair or re-download the model")
     try:
         cfg = json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as e:
-        _fail(path, f"is not valid JSON ({e.msg}, line {e.lineno})", "repair or re-download the model")
+        fail(path, f"is not valid JSON ({e.msg}, line {e.lineno})", "repair or re-download the model")
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        _fail(path, f"is not valid JSON ({type(e).__name__})", "repair or re-download the model")
+        fail(path, f"is not valid JSON ({type(e).__name__})", "repair or re-download the model")
     if not isinstance(cfg, dict):
-        _fail(path, "is not a JSON object", "repair or re-download the model")
+        fail(path, "is not a JSON object", "repair or re-download the model")
     if not isinstance(cfg.get("model_type"), str) or not cfg["model_type"]:
-        _fail(path, "has no \"model_type\" string", "add it (e.g. \"llama\") or re-download the model")
+        fail(path, "has no \"model_type\" string", "add it (e.g. \"llama\") or re-download the model")
     if "quantization_config" in cfg and not isinstance(cfg["quantization_config"], (dict, type(None))):
-        _fail(path, "has a quantization_config that is not an object", "repair or re-download the model")
+        fail(path, "has a quantization_config that is not an object", "repair or re-download the model")
     check_sizes(path, cfg)
     return cfg
-
-
-def check_sizes(path, cfg: dict, names: dict | None = None) -> None:
-    """Sizes in a config dict (or GGUF keys, shown by `names`) are null or sane positive ints."""
-    for key, cap in SIZE_LIMITS.items():
-        v = cfg.get(key)
-        values = v if isinstance(v, list) and key == "num_key_value_heads" else [v]  # GGUF: per layer
-        for x in values:
-            if x is None:
-                continue
-            shown = (names or {}).get(key, key)
-            if not _is_int(x) or not 0 < x <= cap:
-                _fail(path, f"has {shown} = {str(x)[:30]}, not an integer from 1 to {cap}",
-                      "the file is damaged or crafted; repair or re-download the model")
-
-
-def config_params(cfg: dict) -> int:
-    """A lower bound on the parameters a model built from this (resolved) config holds."""
-    def get(*keys):
-        for k in keys:
-            v = cfg.get(k)
-            if _is_int(v) and v > 0:
-                return v
-        return 0
-    h, n_layers, vocab = get("hidden_size", "n_embd", "d_model"), get("num_hidden_layers", "n_layer"), get("vocab_size")
-    heads = get("num_attention_heads", "n_head")
-    kv = get("num_key_value_heads") or heads
-    hd = get("head_dim") or (h // heads if heads else 0)
-    inter = get("intermediate_size", "ffn_dim", "n_inner")
-    learned_pos = cfg.get("model_type") in ("opt", "gpt2")
-    mlp = (2 if learned_pos else 3) * h * inter
-    attn = 2 * h * heads * hd + 2 * h * kv * hd
-    emb = vocab * h * (1 if cfg.get("tie_word_embeddings", True) else 2)
-    pos = get("max_position_embeddings", "n_positions") * h if learned_pos else 0
-    return emb + pos + n_layers * (attn + mlp)
 
 
 def check_consistent(path, described: int, stored: int, packed: bool) -> None:
@@ -214,7 +161,7 @@ def check_consistent(path, described: int, stored: int, packed: bool) -> None:
     allocates the full model before it notices the shapes disagree."""
     ratio = 16 if packed else 2  # packed: up to 16 two-bit codes per int32 element
     if described > ratio * stored + 2**20:
-        _fail(path, f"describes a model of about {described / 1e6:,.1f}M parameters but its weights hold "
+        fail(path, f"describes a model of about {described / 1e6:,.1f}M parameters but its weights hold "
                     f"{stored / 1e6:,.1f}M", "the config does not belong to these weights; re-download the model")
 
 
@@ -282,18 +229,11 @@ def check_model_dir(path, elem_bytes: int = 4, layer_by_layer: bool = False) -> 
 
 def check_model_file(path, elem_bytes: int = 4) -> None:
     """A .gguf file: structure, hyperparameters vs tensors, memory."""
-    from lowbit.io.gguf_check import check_gguf_config
-
     info = check_gguf(path)
     described = check_gguf_config(path, info)
     stored = sum(t["numel"] for t in info["tensors"])
     check_consistent(path, described, stored, packed=False)  # GGUF shapes are logical shapes
     check_memory(load_estimate(max(described, stored), elem_bytes), str(path))
-
-
-def check_gguf(path) -> dict:
-    from lowbit.io.gguf_check import check_gguf as _check
-    return _check(path)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import struct
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
-from lowbit.io.file_checks import _fail, check_sizes, config_params
+from lowbit.io.header_checks import check_sizes, config_params, fail
 
 SCALAR = {GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
           GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
@@ -38,7 +38,7 @@ class _Cursor:
     def need(self, n: int, what: str) -> None:
         left = len(self.buf) - self.pos
         if n > left:
-            _fail(self.path, f"is truncated or damaged ({what} needs {n} bytes at offset {self.pos}, "
+            fail(self.path, f"is truncated or damaged ({what} needs {n} bytes at offset {self.pos}, "
                              f"only {left} remain)", "re-download it")
 
     def unpack(self, fmt: str, what: str):
@@ -52,14 +52,14 @@ class _Cursor:
         n = self.unpack("<Q", f"{what} length")
         left = len(self.buf) - self.pos
         if n > left:  # bound before reading: a huge length stops here
-            _fail(self.path, f"claims {what} of {n} bytes at offset {self.pos}, but only {left} bytes "
+            fail(self.path, f"claims {what} of {n} bytes at offset {self.pos}, but only {left} bytes "
                              "remain (damaged or truncated)", "re-download it")
         raw = self.buf[self.pos:self.pos + n]
         self.pos += n
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            _fail(self.path, f"has {what} that is not UTF-8 at offset {self.pos - n}")
+            fail(self.path, f"has {what} that is not UTF-8 at offset {self.pos - n}")
 
 
 def check_gguf(path) -> dict:
@@ -67,7 +67,7 @@ def check_gguf(path) -> dict:
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         if size < 24:
-            _fail(path, f"is not a GGUF file ({size} bytes, shorter than the 24-byte header)",
+            fail(path, f"is not a GGUF file ({size} bytes, shorter than the 24-byte header)",
                   "give a complete .gguf file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _parse(_Cursor(buf, path), size)
@@ -76,27 +76,27 @@ def check_gguf(path) -> dict:
 def _parse(c: _Cursor, size: int) -> dict:
     path = c.path
     if c.buf[:4] != b"GGUF":
-        _fail(path, f"is not a GGUF file (magic {bytes(c.buf[:4])!r}, want b'GGUF')", "give a .gguf model file")
+        fail(path, f"is not a GGUF file (magic {bytes(c.buf[:4])!r}, want b'GGUF')", "give a .gguf model file")
     c.pos = 4
     version = c.unpack("<I", "version")
     if version not in (2, 3):
-        _fail(path, f"has GGUF version {version}; lowbit reads versions 2 and 3 (little-endian)",
+        fail(path, f"has GGUF version {version}; lowbit reads versions 2 and 3 (little-endian)",
               "convert it with a current llama.cpp")
     n_tensors, n_kv = c.unpack("<Q", "tensor count"), c.unpack("<Q", "key/value count")
     # each key/value takes >= 13 bytes (8 length + 1 key byte + 4 type), each tensor >= 28
     if n_kv > (size - c.pos) // 13:
-        _fail(path, f"claims {n_kv} key/values, more than its {size} bytes can hold (damaged)")
+        fail(path, f"claims {n_kv} key/values, more than its {size} bytes can hold (damaged)")
     if n_tensors > (size - c.pos) // 28:
-        _fail(path, f"claims {n_tensors} tensors, more than its {size} bytes can hold (damaged)")
+        fail(path, f"claims {n_tensors} tensors, more than its {size} bytes can hold (damaged)")
     kv = {}
     for _ in range(n_kv):
         key = c.string("a key")
         if key in kv:
-            _fail(path, f"has key {key[:80]!r} twice")
+            fail(path, f"has key {key[:80]!r} twice")
         kv[key] = _value(c, c.unpack("<I", f"type of {key[:80]!r}"), key, depth=0)
     align = kv.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
     if not isinstance(align, int) or align <= 0 or align & (align - 1) or align > 2**20:
-        _fail(path, f"has general.alignment {str(align)[:30]}, not a power of two up to 2**20")
+        fail(path, f"has general.alignment {str(align)[:30]}, not a power of two up to 2**20")
     tensors = [_tensor_info(c) for _ in range(n_tensors)]
     data_offset = -(-c.pos // align) * align
     _check_tensor_data(path, tensors, data_offset, size, align)
@@ -108,7 +108,7 @@ def _value(c: _Cursor, vtype: int, key: str, depth: int):
     if vtype == GGUFValueType.STRING:
         return c.string(what)
     if key == "general.alignment" and vtype != GGUFValueType.UINT32:
-        _fail(c.path, f"has general.alignment of value type {vtype}, not uint32 (damaged)")
+        fail(c.path, f"has general.alignment of value type {vtype}, not uint32 (damaged)")
     if vtype in SCALAR.keys():
         v = c.unpack(SCALAR[GGUFValueType(vtype)], what)
         return v if vtype != GGUFValueType.BOOL else bool(v)
@@ -130,26 +130,26 @@ def _value(c: _Cursor, vtype: int, key: str, depth: int):
             for i in range(count):
                 c.string(f"string {i} of {key[:80]!r}")
             return count
-        _fail(c.path, f"has array {key[:80]!r} of element type {etype}, which GGUF readers do not support")
-    _fail(c.path, f"has key {key[:80]!r} of unknown value type {vtype} (damaged)")
+        fail(c.path, f"has array {key[:80]!r} of element type {etype}, which GGUF readers do not support")
+    fail(c.path, f"has key {key[:80]!r} of unknown value type {vtype} (damaged)")
 
 
 def _tensor_info(c: _Cursor) -> dict:
     name = c.string("a tensor name")
     n_dims = c.unpack("<I", f"dims of tensor {name[:80]!r}")
     if not 1 <= n_dims <= MAX_DIMS:
-        _fail(c.path, f"tensor {name[:80]!r} has {n_dims} dimensions (GGUF allows 1 to {MAX_DIMS})")
+        fail(c.path, f"tensor {name[:80]!r} has {n_dims} dimensions (GGUF allows 1 to {MAX_DIMS})")
     dims = [c.unpack("<Q", f"shape of tensor {name[:80]!r}") for _ in range(n_dims)]
     if not all(0 < d < 2**48 for d in dims):
-        _fail(c.path, f"tensor {name[:80]!r} has shape {dims} (each dimension must be positive)")
+        fail(c.path, f"tensor {name[:80]!r} has shape {dims} (each dimension must be positive)")
     ttype = c.unpack("<I", f"type of tensor {name[:80]!r}")
     offset = c.unpack("<Q", f"offset of tensor {name[:80]!r}")
     if ttype not in _readable_types():
-        _fail(c.path, f"tensor {name[:80]!r} has type {ttype}, which lowbit cannot read",
+        fail(c.path, f"tensor {name[:80]!r} has type {ttype}, which lowbit cannot read",
               "re-quantize it to a common GGUF type (F16, Q8_0, Q4_K, ...)")
     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
     if dims[0] % block:
-        _fail(c.path, f"tensor {name[:80]!r} has rows of {dims[0]}, not a multiple of its "
+        fail(c.path, f"tensor {name[:80]!r} has rows of {dims[0]}, not a multiple of its "
                       f"{GGMLQuantizationType(ttype).name} block of {block}")
     numel = 1
     for d in dims:
@@ -164,15 +164,15 @@ def _check_tensor_data(path, tensors: list, data_offset: int, size: int, align: 
     for t in sorted(tensors, key=lambda t: t["offset"]):
         name = t["name"][:80]
         if t["name"] in seen:
-            _fail(path, f"has tensor {name!r} twice")
+            fail(path, f"has tensor {name!r} twice")
         seen.add(t["name"])
         if t["offset"] % align:
-            _fail(path, f"tensor {name!r} starts at offset {t['offset']}, not a multiple of the alignment {align}")
+            fail(path, f"tensor {name!r} starts at offset {t['offset']}, not a multiple of the alignment {align}")
         if t["offset"] + t["nbytes"] > data_size:
-            _fail(path, f"is truncated (tensor {name!r} ends at byte {data_offset + t['offset'] + t['nbytes']}, "
+            fail(path, f"is truncated (tensor {name!r} ends at byte {data_offset + t['offset'] + t['nbytes']}, "
                         f"file has {size})", "re-download it")
         if t["offset"] < end:
-            _fail(path, f"tensors {prev!r} and {name!r} overlap")
+            fail(path, f"tensors {prev!r} and {name!r} overlap")
         end, prev = t["offset"] + t["nbytes"], name
 
 
@@ -185,7 +185,7 @@ def check_gguf_config(path, info: dict) -> int:
     kv = info["kv"]
     arch = kv.get("general.architecture")
     if not isinstance(arch, str):
-        _fail(path, "has no general.architecture string", "re-download or re-convert it")
+        fail(path, "has no general.architecture string", "re-download or re-convert it")
     mapping = GGUF_CONFIG_MAPPING.get(arch, {})
     try:
         cfg = AutoConfig.for_model(arch).to_dict()

@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 
 from lowbit.errors import LowbitError
+from lowbit.formats.packing import pack_stream, unpack_stream
 from lowbit.formats import QuantizedTensor, column_groups
 from lowbit.io.file_checks import check_safetensors
 from lowbit.spec import QuantSpec
@@ -44,47 +45,6 @@ SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
 # settings of the quantization run, not of the layout: the writer does not see the spec, so
 # it writes lowbit's GPTQ defaults; the spec actually used is in lowbit.json
 RUN_DEFAULTS = {"damp_percent": 0.01, "true_sequential": True, "static_groups": True}
-
-
-# ---- bit streams of b-bit codes in int32 words (shared with awq_gemm) ----------------------
-
-def pack_stream(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
-    """Codes in [0, 2**bits) along `dim` -> int32 words (ceil(n * bits / 32) along `dim`),
-    code i at bit i * bits of the little-endian stream; a code may straddle two words."""
-    v = codes.movedim(dim, -1).to(torch.int64)
-    n = v.shape[-1]
-    if v.numel() and (int(v.min()) < 0 or int(v.max()) >= 2**bits):
-        raise ValueError(f"codes out of range for {bits} bits")
-    nblocks = -(-n // WORD)  # 32 codes fill exactly `bits` words: pack block by block
-    v = torch.nn.functional.pad(v, (0, nblocks * WORD - n)).reshape(*v.shape[:-1], nblocks, WORD)
-    words = torch.zeros(*v.shape[:-1], bits, dtype=torch.int64)
-    for i in range(WORD):
-        word, shift = divmod(i * bits, WORD)
-        words[..., word] |= (v[..., i] << shift) & 0xFFFFFFFF
-        if shift + bits > WORD:  # high bits spill into the next word
-            words[..., word + 1] |= v[..., i] >> (WORD - shift)
-    words = words.reshape(*v.shape[:-2], nblocks * bits)[..., : -(-n * bits // WORD)]
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # two's complement
-    return words.movedim(-1, dim).contiguous()
-
-
-def unpack_stream(words: torch.Tensor, bits: int, n: int, dim: int) -> torch.Tensor:
-    """Inverse of pack_stream: the first n codes along `dim` as uint8."""
-    w = words.movedim(dim, -1).to(torch.int64) & 0xFFFFFFFF
-    nblocks = -(-n // WORD)
-    if w.shape[-1] < -(-n * bits // WORD):
-        raise ValueError(f"{w.shape[-1]} words cannot hold {n} codes of {bits} bits")
-    w = torch.nn.functional.pad(w, (0, nblocks * bits - w.shape[-1]))[..., : nblocks * bits]
-    w = w.reshape(*w.shape[:-1], nblocks, bits)
-    codes = torch.zeros(*w.shape[:-1], WORD, dtype=torch.int64)
-    for i in range(WORD):
-        word, shift = divmod(i * bits, WORD)
-        c = w[..., word] >> shift
-        if shift + bits > WORD:
-            c = c | (w[..., word + 1] << (WORD - shift))
-        codes[..., i] = c & (2**bits - 1)
-    codes = codes.reshape(*codes.shape[:-2], nblocks * WORD)[..., :n]
-    return codes.to(torch.uint8).movedim(-1, dim)
 
 
 # ---- layout ---------------------------------------------------------------------------------
@@ -255,7 +215,7 @@ def _config_v2(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
     return quantization_config(tensors, ignore, checkpoint_format="gptq_v2")
 
 
-from lowbit.io.formats import CheckpointFormat, register_format  # noqa: E402
+from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("gptq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors,
                                  scale_dtype="float16"))

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from lowbit.errors import LowbitError
-from lowbit.io.load import check_finite
+from lowbit.io.loaded import check_finite
 from lowbit.io.shards import SAFETENSORS_DTYPES, tensor_bytes
 
 _TORCH_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
@@ -193,13 +193,13 @@ def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.floa
     from lowbit.io import file_checks
     from lowbit.io.default_model import default_model_dir
     from lowbit.io.hf_config import load_config, load_tokenizer
-    from lowbit.io.load import Loaded, _is_quantized_dir, _read_config, load_model
+    from lowbit.io.load import Loaded, is_quantized_dir, load_model, read_config
 
     path = default_model_dir() if name in (None, "", "default") else Path(name).expanduser()
     if not (path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))):
         return load_model(name, allow_pickle, dtype), None
-    raw = _read_config(path)
-    if _is_quantized_dir(raw):
+    raw = read_config(path)
+    if is_quantized_dir(raw):
         return load_model(name, allow_pickle, dtype), None
     with file_checks.reading(path):  # hostile files: bounds-check first, then one-line errors
         file_checks.check_model_dir(path, dtype.itemsize, layer_by_layer=True)

@@ -2,62 +2,25 @@
 directory of safetensors, a .gguf file, a directory lowbit wrote, or a hub id."""
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lowbit.errors import LowbitError
 from lowbit.io import file_checks
+from lowbit.io.loaded import Loaded, check_finite  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-@dataclass
-class Loaded:
-    model: torch.nn.Module
-    tokenizer: object
-    source: str  # what the user named, resolved to a path where there is one
-    kind: str  # "hf", "gguf", "quantized", "hub"
-    quantized: dict = field(default_factory=dict)  # name -> QuantizedTensor when kind == quantized
-    meta: dict = field(default_factory=dict)  # lowbit.json of a directory lowbit wrote
-
-
-def check_finite(name: str, t: torch.Tensor) -> None:
-    if not t.is_floating_point():
-        return
-    flat = t.reshape(-1)
-    step = 1 << 22  # in slices: a whole-tensor mask of a 0.4 GB embedding is another 0.1 GB
-    if not all(bool(torch.isfinite(flat[i:i + step]).all()) for i in range(0, flat.numel(), step)):
-        raise LowbitError(f"weight {name} contains NaN or Inf: the checkpoint is damaged, "
-                          "re-export or re-download it")
-
-
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
     from lowbit.io.hf_config import read_raw_config
     return read_raw_config(path)
 
 
-def load_gguf(path: Path, dtype=torch.float32):
-    """A GGUF file dequantized to float by transformers, with its tokenizer. Only the default
-    model's one-time conversion (io/default_model.py) uses this, so its cached float directory
-    stays what it always was; every other .gguf goes through io/gguf_reader.read_gguf."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    # the model is plain float now: drop the GGUF marker so it saves and re-quantizes as float
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False
-    return model.eval(), tokenizer
-
-
-def _is_quantized_dir(cfg: dict) -> bool:
+def is_quantized_dir(cfg: dict) -> bool:
     from lowbit.io.formats import detect_format
     return detect_format(cfg.get("quantization_config")) is not None
 
@@ -97,8 +60,8 @@ def _load_hf_dir(path: Path, allow_pickle: bool, dtype) -> Loaded:
         raise LowbitError(f"{path} is not a model directory (no config.json): "
                           "give a Hugging Face model directory or a .gguf file")
     file_checks.check_model_dir(path, dtype.itemsize)
-    cfg = _read_config(path)
-    if _is_quantized_dir(cfg):
+    cfg = read_config(path)
+    if is_quantized_dir(cfg):
         from lowbit.io.checkpoint import load_quantized
         return load_quantized(path, dtype)
     has_safetensors = any(path.glob("*.safetensors"))

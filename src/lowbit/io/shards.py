@@ -16,13 +16,10 @@ from pathlib import Path
 
 import torch
 
+from lowbit.io.st_dtypes import torch_dtypes
+
 DEFAULT_MAX_SHARD_BYTES = 2 << 30
-SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
-}
+SAFETENSORS_DTYPES = torch_dtypes()  # {torch dtype: safetensors name} (io/st_dtypes.py)
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

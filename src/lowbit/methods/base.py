@@ -16,6 +16,7 @@ METHODS: dict[str, type["Method"]] = {}
 class Method:
     name: ClassVar[str]
     needs_calibration: ClassVar[bool] = False
+    options: ClassVar[type | None] = None  # frozen dataclass of the method's spec.method_args keys
 
     def observer(self, module: torch.nn.Linear, spec: QuantSpec) -> Observer | None:
         """Statistics this method needs for `module` (None: weights alone suffice)."""

@@ -31,7 +31,7 @@ from gguf import GGMLQuantizationType as T
 
 from lowbit.errors import LowbitError
 from lowbit.formats import ggml_blocks
-from lowbit.methods.gptq import _inverse_cholesky, prepare, solve_columns
+from lowbit.methods.gptq_solver import inverse_cholesky, prepare, solve_columns
 
 log = logging.getLogger(__name__)
 ORDERS = ("group", "none", "static", "auto")  # act-order inside blocks, natural, global act-order, by block size
@@ -147,7 +147,7 @@ def gptq_ggml(W: torch.Tensor, H: torch.Tensor, qtype: T, damp_percent: float = 
         codes[:, c] = q[:, 0]
         return torch.from_numpy(grid.scale[:, c] * q[:, 0].astype(np.float32) - grid.offset[:, c])
 
-    U = _inverse_cholesky(H[perm][:, perm], damp_percent).float()  # (in, in) upper factor of H^-1
+    U = inverse_cholesky(H[perm][:, perm], damp_percent).float()  # (in, in) upper factor of H^-1
     with _one_thread():
         solve_columns(W[:, perm].T.contiguous(), U, block_size, round_column)
     blocks = ggml_blocks.encode(grid, codes)
@@ -164,11 +164,11 @@ def quantize_on_ggml_grid(W: torch.Tensor, spec, observer=None) -> GGMLTensor:
         if spec.method != "rtn":
             log.warning("no calibration inputs reached this layer: using llama.cpp's rounding")
         return round_ggml(W, qtype)
-    a = spec.method_args
+    a = spec.method_args  # checked against GPTQOptions before the walk (lowbit/options.py)
     solver = a.get("gguf_solver", "gptq")
     if solver == "imatrix":
         return round_ggml(W, qtype, importance_from_hessian(observer.H))
     if solver != "gptq":
         raise LowbitError(f"gguf_solver {solver!r} is unknown: use gptq or imatrix")
     return gptq_ggml(W, observer.H, qtype, damp_percent=a.get("damp_percent", 0.01),
-                     block_size=a.get("block_size", 256), order=a.get("ggml_order", "auto"))
+                     block_size=a.get("block_size") or 256, order=a.get("ggml_order", "auto"))

@@ -13,113 +13,30 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import ClassVar
 
 import torch
 
 from lowbit.calibration.hessian import HessianObserver
 from lowbit.formats import QuantizedTensor, column_groups, fit_grid, quantize_codes, quantize_rtn
 from lowbit.methods.base import Method, register_method
+from lowbit.options import options_of
+from lowbit.methods.gptq_solver import HessianFactor, hessian_factor, prepare, solve_columns  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 
-def _inverse_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
-    """Upper Cholesky factor U of (H + damp I)^-1 = U^T U, formed in float64, raising damp if
-    H is not positive definite.
+@dataclass(frozen=True)
+class GPTQOptions:
+    """spec.method_args of --method gptq (besides the walk's, lowbit/options.py)."""
+    damp_percent: float = 0.01  # dampening, a fraction of the mean Hessian diagonal
+    block_size: int | None = None  # columns per lazy update (None: 128 on integer grids, 256 on GGML)
+    act_order: bool = True  # columns by decreasing Hessian diagonal
+    static_groups: bool = True  # group grids fixed from the unquantized weights (no g_idx)
+    gguf_solver: str = "gptq"  # GGML grids: gptq, or imatrix (llama.cpp's weighted rounding)
+    ggml_order: str = "auto"  # GGML grids' column order: auto, group, static, none
 
-    With J the reversal permutation, J H J = M M^T (M lower) gives H = R R^T for the upper
-    R = J M J, so H^-1 = R^-T R^-1 and U = R^-1 = J M^-1 J: one Cholesky and one in-place
-    triangular inverse. Against Cholesky, inverse, Cholesky again this is ~3x faster and
-    holds two float64 matrices instead of five (0.5 GB, not 1.3 GB, for a 5632-wide input)."""
-    n = H.shape[0]
-    Hr = H.double().flip(0, 1).contiguous()  # J H J
-    mean_diag = float(Hr.diagonal().mean())
-    damp, added = damp_percent, 0.0
-    for _ in range(6):
-        Hr.diagonal().add_(damp * mean_diag - added)
-        added = damp * mean_diag
-        M, info = torch.linalg.cholesky_ex(Hr)
-        if int(info) == 0:
-            del Hr
-            inv = torch.eye(n, dtype=M.dtype, device=M.device)
-            torch.linalg.solve_triangular(M, inv, upper=False, out=inv)  # M^-1, in place
-            del M
-            if damp != damp_percent:
-                log.warning("Hessian needed dampening %.3g (asked %.3g)", damp, damp_percent)
-            return inv.flip(0, 1)
-        del M
-        damp *= 10
-    raise RuntimeError("Hessian is not positive definite even with strong dampening")
-
-
-def _live_hessian(H: torch.Tensor, dtype: torch.dtype = torch.float32):
-    """(copy of H in `dtype` with H[j, j] = 1 for dead inputs, the dead-input mask): inputs
-    always zero in the calibration data, whose weights do not matter."""
-    H = H.to(dtype).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    return H, dead
-
-
-def prepare(W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype = torch.float32):
-    """Copies of W (out, in) and H (in, in) in `dtype` with dead inputs zeroed in W and
-    given H[j, j] = 1."""
-    H, dead = _live_hessian(H, dtype)
-    W = W.to(dtype).clone()
-    W[:, dead] = 0
-    return W, H
-
-
-@dataclass
-class HessianFactor:
-    """What GPTQ derives from a Hessian alone: its dead inputs, the act-order permutation and
-    the upper Cholesky factor of the dampened inverse in that order. Linears that read the
-    same input (q/k/v, gate/up) share one, so it is computed once per input."""
-    dead: torch.Tensor            # (in,) bool
-    perm: torch.Tensor | None     # processing order (act-order), None for natural order
-    U: torch.Tensor               # (in, in)
-
-
-def hessian_factor(H: torch.Tensor, damp_percent: float = 0.01, act_order: bool = False,
-                   dtype: torch.dtype = torch.float32) -> HessianFactor:
-    H, dead = _live_hessian(H, dtype)
-    perm = None
-    if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
-        H = H[perm][:, perm]
-    return HessianFactor(dead, perm, _inverse_cholesky(H, damp_percent).to(dtype))
-
-
-def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
-                  round_column: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """GPTQ's column loop with lazy block updates, for any grid.
-
-    WT (in, out): the weights in processing order, transposed so that column j of W is the
-    contiguous row j (the rank-1 update of the rows still to come is then one BLAS call:
-    elementwise torch ops of that size go through OpenMP and stall when a core is busy);
-    updated in place. U (in, in): upper Cholesky factor of H^-1 in the same order.
-    round_column(j, WT) -> (out,) the quantized values of row j; it may fit a grid on rows
-    WT[j:j + g] first, which hold every update so far when block_size is a multiple of g
-    and j is a multiple of g. Returns QT (in, out), the quantized rows."""
-    inp, out = WT.shape
-    QT = torch.empty_like(WT)
-    for i1 in range(0, inp, block_size):
-        i2 = min(i1 + block_size, inp)
-        E1 = torch.empty(i2 - i1, out, dtype=WT.dtype)  # scaled errors of the block's columns
-        U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            j = i1 + i
-            w = WT[j]
-            q = round_column(j, WT)
-            QT[j] = q
-            err = (w - q) / U1[i, i]
-            E1[i] = err
-            if i + 1 < i2 - i1:
-                WT[j + 1:i2].addmm_(U1[i, i + 1:, None], err[None, :], alpha=-1)
-        if i2 < inp:
-            WT[i2:].addmm_(U[i1:i2, i2:].T, E1, alpha=-1)
-    return QT
+    CHOICES: ClassVar[dict] = {"gguf_solver": ("gptq", "imatrix"), "ggml_order": ("auto", "group", "static", "none")}
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, group_size: int,
@@ -193,6 +110,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, 
 class GPTQ(Method):
     name = "gptq"
     needs_calibration = True
+    options = GPTQOptions
 
     def observer(self, module, spec):
         return HessianObserver(module.in_features, module.weight.device)
@@ -205,12 +123,12 @@ class GPTQ(Method):
         if observer is None or observer.n == 0:
             log.warning("no calibration inputs reached this layer: using round-to-nearest")
             return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip, spec.scale_dtype)
-        a = spec.method_args
-        damp, act_order = a.get("damp_percent", 0.01), a.get("act_order", True)
+        o = options_of(GPTQOptions, spec.method_args)
+        damp, act_order = o.damp_percent, o.act_order
         factors = observer.__dict__.setdefault("gptq_factors", {})  # shared input, shared factor
         if (damp, act_order) not in factors:
             factors[damp, act_order] = hessian_factor(observer.H, damp, act_order)
         return gptq_quantize(W, observer.H, spec.bits, spec.symmetric, spec.group_size, clip,
-                             damp_percent=damp, block_size=a.get("block_size", 128), act_order=act_order,
-                             static_groups=a.get("static_groups", True), scale_dtype=spec.scale_dtype,
+                             damp_percent=damp, block_size=o.block_size or 128, act_order=act_order,
+                             static_groups=o.static_groups, scale_dtype=spec.scale_dtype,
                              factor=factors[damp, act_order])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.compat import layer_output  # noqa: F401  (re-exported for the walk)
+
 
 class _Stop(Exception):
     pass
@@ -47,10 +49,6 @@ def capture_first_layer_inputs(model, layers: torch.nn.ModuleList, input_ids: to
     finally:
         layers[0] = first
     return store
-
-
-def layer_output(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -20,6 +20,7 @@ from lowbit.formats import QuantizedTensor
 from lowbit.hardware import resolve_forward_dtype
 from lowbit.memory import release_free_memory
 from lowbit.methods import get_method
+from lowbit.options import WalkOptions, options_of
 from lowbit.pipeline.activations import Activations, default_budget_bytes
 from lowbit.pipeline.capture import StopAfter, capture_first_layer_inputs, run_layer
 from lowbit.pipeline.output_cache import OutputCache
@@ -168,7 +169,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         result.tensors[name], result.specs[name] = qt, mspec
 
     # resolved and checked before any calibration work
-    result.forward_dtype = resolve_forward_dtype(spec.method_args.get("forward_dtype", "auto"),
+    walk = options_of(WalkOptions, spec.method_args)
+    result.forward_dtype = resolve_forward_dtype(walk.forward_dtype,
                                                  _device_type(model))
     forward = _forward_context(result.forward_dtype)
     prefix = arch.layers
@@ -194,11 +196,11 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         if batches.spilled:
             log.info("%d of %d calibration batches are kept on disk (memory budget %.2f GB per set)",
                      batches.spilled, len(batches), batches.budget / 1e9)
-    true_sequential = spec.method_args.get("true_sequential", True)
+    true_sequential = walk.true_sequential
     if batches is not None:
         log.info("calibration forward passes in %s", result.forward_dtype)
-    cache = OutputCache(int(spec.method_args.get("cache_bytes",
-                                                  min(DEFAULT_CACHE_BYTES, default_budget_bytes()))))
+    cache = OutputCache(int(walk.cache_bytes if walk.cache_bytes is not None
+                            else min(DEFAULT_CACHE_BYTES, default_budget_bytes())))
     if progress:
         progress("layers", start_at, len(layers))  # the clock of the time-left estimate starts here
     try:

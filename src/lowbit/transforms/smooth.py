@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from lowbit.pipeline.capture import layer_output
+from lowbit.compat import layer_output
 
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the default model's layers chose 0.5-1.0 from 0.2-1.0
 # name -> (weight rounding, input rounding or None): how the target runtime rounds a Linear

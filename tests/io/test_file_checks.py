@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from lowbit.errors import LowbitError
 from lowbit.io import file_checks
-from test_cli import _one_line_error, run
+from clitools import one_line_error, run
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
 
@@ -43,7 +43,7 @@ def _rewrite_header(st: Path, edit) -> None:
 def _info(capsys, path, *words, named=None):
     """`lowbit info PATH` exits 2 with one line naming `named` (default PATH) and `words`."""
     code, _, err = run(["info", str(path)], capsys)
-    _one_line_error(code, err, str(named or path), *words)
+    one_line_error(code, err, str(named or path), *words)
     return err
 
 
@@ -169,7 +169,7 @@ def test_layer_by_layer_quantize_checks_files_too(capsys, tmp_path, corpus):
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "hidden_size": 4096, "intermediate_size": 11008}))
     code, _, err = run(["quantize", str(d), "-o", str(tmp_path / "o"), "--no-eval"], capsys)
-    _one_line_error(code, err, "describes a model of about", "weights hold")
+    one_line_error(code, err, "describes a model of about", "weights hold")
     assert not (tmp_path / "o").exists()
 
 
@@ -185,7 +185,7 @@ def test_layer_walk_memory_estimate():
 def test_layer_by_layer_memory_refused(capsys, monkeypatch, tmp_path, corpus):
     monkeypatch.setattr(file_checks, "available_memory", lambda: 1000)
     code, _, err = run(["quantize", str(corpus["hf"]), "-o", str(tmp_path / "o"), "--no-eval"], capsys)
-    _one_line_error(code, err, "needs about", file_checks.SKIP_MEMORY_ENV)
+    one_line_error(code, err, "needs about", file_checks.SKIP_MEMORY_ENV)
 
 
 def test_disk_full_leaves_no_output(capsys, monkeypatch, tmp_path, corpus):
@@ -198,7 +198,7 @@ def test_disk_full_leaves_no_output(capsys, monkeypatch, tmp_path, corpus):
     monkeypatch.setattr(Path, "write_text", full)
     out = tmp_path / "o"
     code, _, err = run(["quantize", str(corpus["hf"]), "-o", str(out), "--group-size", "32", "--no-eval", "--json"], capsys)
-    _one_line_error(code, err, "disk is full", str(out), "free space")
+    one_line_error(code, err, "disk is full", str(out), "free space")
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 

@@ -81,7 +81,7 @@ def test_base_hidden_states_cached_give_identical_results(tmp_path, monkeypatch,
     default_tokenizer.save_pretrained(src)
     out = tmp_path / "q"
     lowbit.quantize(str(src), "w4g32", out)
-    text = Path(__file__).parent / "data" / "prose.txt"
+    text = Path(__file__).parents[1] / "data" / "prose.txt"
     first = lowbit.evaluate(str(out), data=text, seqlen=64, max_windows=5)
     entries = list((tmp_path / "cache" / "eval-base").glob("*.safetensors"))
     second = lowbit.evaluate(str(out), data=text, seqlen=64, max_windows=5)

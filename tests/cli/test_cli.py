@@ -1,70 +1,22 @@
 """The command line: bad input gives exit 2 and one line; a full run on a tiny model."""
 import json
-import re
-import sys
 
 import pytest
 import torch
 
-from lowbit.cli import main
+from clitools import one_line_error, run
 from tiny import VOCAB, tiny_model
-
-PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
-         "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 60
-
-
-PROGRESS_LINE = re.compile(r"^lowbit: [a-z ]+: \d+/\d+ \(\d+%\)")
-
-
-def run(argv, capsys):
-    sys_argv = sys.argv
-    sys.argv = ["lowbit", *argv]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = sys_argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, default_tokenizer):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama", vocab=VOCAB).save_pretrained(d)
-    default_tokenizer.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    f = tmp_path_factory.mktemp("text") / "prose.txt"
-    f.write_text(PROSE)
-    return f
-
-
-def _one_line_error(code, err, *words):
-    """Exit 2 and one error line (progress lines, which stderr gets when it is not a terminal,
-    may come before it)."""
-    assert code == 2, err
-    lines = [l for l in err.strip().splitlines() if l.strip() and not PROGRESS_LINE.match(l)]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], lines[0]
-
 
 def test_missing_path(capsys, tmp_path):
     code, _, err = run(["quantize", str(tmp_path / "nope"), "-o", str(tmp_path / "o")], capsys)
-    _one_line_error(code, err, "does not exist")
+    one_line_error(code, err, "does not exist")
 
 
 def test_not_a_model(capsys, tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("hello")
     code, _, err = run(["info", str(f)], capsys)
-    _one_line_error(code, err, "not a model")
+    one_line_error(code, err, "not a model")
 
 
 def test_pickle_refused_without_flag(capsys, tmp_path, tiny_dir):
@@ -73,7 +25,7 @@ def test_pickle_refused_without_flag(capsys, tmp_path, tiny_dir):
     (d / "config.json").write_text((tiny_dir / "config.json").read_text())
     torch.save({"x": torch.zeros(1)}, d / "pytorch_model.bin")
     code, _, err = run(["info", str(d)], capsys)
-    _one_line_error(code, err, "pickle", "--allow-pickle")
+    one_line_error(code, err, "pickle", "--allow-pickle")
 
 
 def test_corrupt_config(capsys, tmp_path):
@@ -81,20 +33,20 @@ def test_corrupt_config(capsys, tmp_path):
     d.mkdir()
     (d / "config.json").write_text("{not json")
     code, _, err = run(["info", str(d)], capsys)
-    _one_line_error(code, err, "config.json", "not valid JSON")
+    one_line_error(code, err, "config.json", "not valid JSON")
 
 
 @pytest.mark.parametrize("args,word", [(["--bits", "9"], "bits=9"), (["--group-size", "-7"], "group size")])
 def test_bad_numbers(capsys, tmp_path, tiny_dir, args, word):
     code, _, err = run(["quantize", str(tiny_dir), "-o", str(tmp_path / "o"), *args], capsys)
-    _one_line_error(code, err, word)
+    one_line_error(code, err, word)
     assert not (tmp_path / "o").exists()
 
 
 def test_output_exists_refused(capsys, tmp_path, tiny_dir):
     (tmp_path / "o").mkdir()
     code, _, err = run(["quantize", str(tiny_dir), "-o", str(tmp_path / "o")], capsys)
-    _one_line_error(code, err, "already exists", "--overwrite")
+    one_line_error(code, err, "already exists", "--overwrite")
 
 
 def test_unsupported_architecture(capsys, tmp_path, default_tokenizer):
@@ -103,7 +55,7 @@ def test_unsupported_architecture(capsys, tmp_path, default_tokenizer):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB)).save_pretrained(d)
     default_tokenizer.save_pretrained(d)
     code, _, err = run(["quantize", str(d), "-o", str(tmp_path / "o"), "--no-eval"], capsys)
-    _one_line_error(code, err, "not supported", "llama")
+    one_line_error(code, err, "not supported", "llama")
     assert not (tmp_path / "o").exists()
 
 
@@ -138,7 +90,7 @@ def test_short_calibration_text_refused(capsys, tmp_path, tiny_dir):
     short.write_text("too short")
     code, _, err = run(["quantize", str(tiny_dir), "-o", str(tmp_path / "o"), "--method", "gptq",
                         "--calib", str(short), "--no-eval"], capsys)
-    _one_line_error(code, err, "calibration text", "--calib")
+    one_line_error(code, err, "calibration text", "--calib")
 
 
 def test_nan_weights_refused(capsys, tmp_path, default_tokenizer):
@@ -149,7 +101,7 @@ def test_nan_weights_refused(capsys, tmp_path, default_tokenizer):
     model.save_pretrained(d)
     default_tokenizer.save_pretrained(d)
     code, _, err = run(["quantize", str(d), "-o", str(tmp_path / "o"), "--no-eval"], capsys)
-    _one_line_error(code, err, "NaN", "up_proj")
+    one_line_error(code, err, "NaN", "up_proj")
     assert not (tmp_path / "o").exists()
 
 

@@ -10,7 +10,6 @@ from lowbit.eval.size import bits_per_weight, size_on_disk
 from lowbit.formats import quantize_rtn
 from lowbit.io import awq_gemm, gptq_v1
 from lowbit.io.gguf_writer import write_gguf
-from test_gguf import tiny_tok  # noqa: F401  (fixture: a 512-token BPE, fast to write as GGUF)
 
 
 def _dir(tmp_path, name, qconfig, tensors):

@@ -19,8 +19,9 @@ from lowbit.io.gguf_reader import open_gguf, read_gguf
 from lowbit.io.load import Loaded
 from lowbit.methods.ggml_grid import gptq_ggml
 from lowbit.spec import QuantSpec
-from test_cli import PROSE, run
-from test_gguf import needs_llamacpp, run_peer, tiny_llm, tiny_tok  # noqa: F401  (tiny_tok: fixture)
+from clitools import PROSE, run
+from peers import needs_llamacpp, run_peer
+from tiny import tiny_llm
 
 
 def correlated_problem(rows=64, cols=512, n=2048, seed=0):
@@ -197,7 +198,7 @@ def test_llamacpp_judges_smoothed_q8_0_closer_to_the_float_model(tmp_path, tiny_
     weights and of input rows. On a model with outlier input channels (planted by an exact
     rescaling), llama.cpp's own logits on the smoothed Q8_0 file are at least 2x closer to the
     float model's than on the file without smoothing, and the file's norms carry the scales."""
-    from test_smooth import plant_outliers
+    from tiny import plant_outliers
 
     text = tmp_path / "prose.txt"
     text.write_text(PROSE)
@@ -223,7 +224,7 @@ def test_llamacpp_judges_smoothed_q8_0_closer_to_the_float_model(tmp_path, tiny_
 
 
 def test_unknown_smooth_value_is_refused(tmp_path, tiny_tok):
-    with pytest.raises(LowbitError, match="smooth must be one of auto, on, off"):
+    with pytest.raises(LowbitError, match="smooth='yes' for method 'gptq' must be one of auto, on, off"):
         lowbit.quantize(_tiny_loaded(tiny_tok), QuantSpec(method="gptq", method_args={"smooth": "yes"}),
                         tmp_path / "x.gguf", format="gguf", gguf_type="Q8_0", calib=None)
     assert not (tmp_path / "x.gguf").exists()

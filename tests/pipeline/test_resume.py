@@ -17,7 +17,7 @@ import lowbit
 from lowbit.errors import LowbitError
 from lowbit.io.load import load_model
 from lowbit.pipeline.layer_store import work_dir_for
-from tiny import VOCAB, tiny_config, tiny_model
+from tiny import VOCAB, tiny_model
 
 PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
          "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 80
@@ -29,13 +29,6 @@ def _same_tree(a: Path, b: Path) -> None:
     assert names_a == sorted(p.name for p in b.iterdir())
     _, mismatch, errors = filecmp.cmpfiles(a, b, names_a, shallow=False)
     assert not mismatch and not errors, (mismatch, errors)
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    f = tmp_path_factory.mktemp("text") / "prose.txt"
-    f.write_text(PROSE)
-    return f
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
@@ -125,7 +118,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, default_tokenizer, text
     src = tmp_path / "src"
     _kill_model(src, default_tokenizer)
     # keep the caller's PYTHONPATH (a checkout tested without installing it) after tests/
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")]))}
     subprocess.run(_cli(src, tmp_path / "ref", text_file), check=True, env=env, capture_output=True)
 

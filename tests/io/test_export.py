@@ -13,8 +13,7 @@ from lowbit.eval.size import bits_per_weight
 from lowbit.convert import export
 from lowbit.io.load import load_model
 from lowbit.spec import QuantSpec
-from test_cli import PROSE, _one_line_error, run
-from test_gguf import tiny_tok  # noqa: F401  (fixture: a 512-token BPE, fast to write and read as GGUF)
+from clitools import PROSE, one_line_error, run
 from tiny import VOCAB, tiny_model
 
 
@@ -74,7 +73,7 @@ def test_fp32_scales_into_gptq_keep_codes_and_warn(dirs, tmp_path, capsys):
 
 def test_requantize_when_bits_do_not_fit(dirs, tmp_path, capsys):
     code, _, err = run(["export", str(dirs / "gptq3"), "--format", "awq", "-o", str(tmp_path / "a")], capsys)
-    _one_line_error(code, err, "awq holds 4-bit codes", "3-bit", "--bits 4")
+    one_line_error(code, err, "awq holds 4-bit codes", "3-bit", "--bits 4")
     assert not (tmp_path / "a").exists()
     s = export(str(dirs / "gptq3"), "awq", tmp_path / "a", bits=4)
     assert s["requantized"] == 10 and s["kept_float"] == 4 and "3 -> 4 bits" in s["warning"]
@@ -174,5 +173,5 @@ def test_gguf_integer_blocks_repack_losslessly(tmp_path, tiny_tok, ftype, fmt):
 def test_export_bad_input(dirs, tmp_path, capsys, argv, words):
     (tmp_path / "exists").mkdir()
     code, _, err = run(["export", str(dirs / "float"), *[a.format(t=tmp_path) for a in argv]], capsys)
-    _one_line_error(code, err, *words)
+    one_line_error(code, err, *words)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.gguf").exists()

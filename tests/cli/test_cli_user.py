@@ -18,28 +18,13 @@ from tiny import VOCAB, tiny_model
 
 PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
          "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 80
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                  os.environ.get("PYTHONPATH")]))}
 
 
 def lowbit(*args, **kw):
     return subprocess.run([sys.executable, "-m", "lowbit.cli", *map(str, args)], env=ENV, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, timeout=600, **kw)
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    f = tmp_path_factory.mktemp("text") / "prose.txt"
-    f.write_text(PROSE)
-    return f
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, default_tokenizer):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama", vocab=VOCAB).save_pretrained(d)
-    default_tokenizer.save_pretrained(d)
-    return d
 
 
 USAGE = [  # (arguments, a word the usage message names)

@@ -17,7 +17,7 @@ from gguf import GGMLQuantizationType as T
 from lowbit.formats import ggml_blocks as gb
 from lowbit.formats.ggml_search import seqsum
 
-GOLDEN = Path(__file__).parent / "data" / "ggml_golden" / "golden.npz"
+GOLDEN = Path(__file__).parents[1] / "data" / "ggml_golden" / "golden.npz"
 LEGACY = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]
 KQUANTS = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 BLOCK_TYPES = LEGACY + KQUANTS

@@ -14,31 +14,14 @@ from lowbit.formats.ggml_activations import round_q8_0
 from lowbit.methods.ggml_grid import round_ggml
 from lowbit.pipeline.capture import capture_first_layer_inputs, layer_output
 from lowbit.transforms.smooth import scale_pair, search_smoothing, smoothing_scales
-from test_gguf import tiny_llm, tiny_tok  # noqa: F401  (tiny_tok: fixture)
+from tiny import LINEARS, plant_outliers, tiny_llm  # noqa: F401
 
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 def layer0_batches(model, n=2, T_=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (2 * n, T_), generator=g)
     return list(capture_first_layer_inputs(model, decoder_layers(model, arch_for(model)), ids, 2, []))
-
-
-def plant_outliers(model, factor=40.0, channels=(3, 40, 77, 150)):
-    """Same float function, but a few input channels of q/k/v, gate/up and down become
-    `factor` times larger than their neighbours (the weights' columns smaller)."""
-    with torch.no_grad():
-        for layer in decoder_layers(model, arch_for(model)):
-            s = torch.ones(model.config.hidden_size)
-            s[list(channels)] = factor
-            scale_pair(layer, "input_layernorm", LINEARS[:3], 1 / s)
-            scale_pair(layer, "post_attention_layernorm", LINEARS[4:6], 1 / s)
-            s2 = torch.ones(model.config.intermediate_size)
-            s2[[c + 100 for c in channels]] = factor
-            scale_pair(layer, "mlp.up_proj", LINEARS[6:], 1 / s2)
-    return model
 
 
 @torch.no_grad()
@@ -149,7 +132,7 @@ def test_smooth_on_for_an_integer_format_is_exact_on_disk_and_cuts_the_error(tmp
     import lowbit
     from lowbit.io.load import Loaded, load_model
     from lowbit.spec import QuantSpec
-    from test_cli import PROSE
+    from clitools import PROSE
 
     text = tmp_path / "prose.txt"
     text.write_text(PROSE)

@@ -16,7 +16,7 @@ from lowbit.errors import LowbitError
 from lowbit.io.hf_config import check_config
 from lowbit.io.load import load_model
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 VERSIONS = ["4", "5"]
 
 

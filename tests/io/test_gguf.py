@@ -3,10 +3,7 @@
 Tests that run llama.cpp use the peer venv /work/peers/venv-llamacpp (llama-cpp-python built
 from source, never a lowbit dependency; LOWBIT_LLAMACPP_PYTHON overrides the interpreter) and
 are skipped when it is absent."""
-import json
 import os
-import subprocess
-from pathlib import Path
 
 import gguf
 
@@ -15,27 +12,19 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM
 
 from lowbit.errors import LowbitError
 from lowbit.formats import ggml_blocks
-from lowbit.io.gguf_mixes import plan_types, row_bytes, use_more_bits
+from lowbit.io.gguf_mixes import plan_types, use_more_bits
 from lowbit.io.gguf_names import gguf_names, permute_qk, unpermute_qk
 from lowbit.io.gguf_reader import check_header, open_gguf, read_gguf
 from lowbit.io.gguf_writer import write_gguf
+from peers import PEER, needs_llamacpp, run_peer  # noqa: F401
+from tiny import tiny_llm
 
-PEER = Path(os.environ.get("LOWBIT_LLAMACPP_PYTHON", "/work/peers/venv-llamacpp/bin/python"))
-RUNNER = Path(__file__).resolve().parents[1] / "bench" / "llamacpp_run.py"
-needs_llamacpp = pytest.mark.skipif(not PEER.is_file(), reason=f"llama.cpp peer venv not found ({PEER}): "
-                                    "build it with pip install llama-cpp-python into that venv")
 DEFAULT_CFG = dict(model_type="llama", num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
 MORE_BITS_30 = {0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29}  # use_more_bits(i, 30), worked by hand
-
-
-def run_peer(req: dict) -> dict:
-    r = subprocess.run([str(PEER), str(RUNNER)], input=json.dumps(req), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
 
 
 def default_shapes(n_layer=30, hidden=576, kv=192, ff=1536, vocab=49152):
@@ -50,22 +39,6 @@ def default_shapes(n_layer=30, hidden=576, kv=192, ff=1536, vocab=49152):
     return shapes
 
 
-def tiny_llm(family="llama", hidden=256, vocab=512, seed=0):
-    """Widths that 256 divides, so k-quant blocks apply (tests/tiny.py's 72 would fall back to F16)."""
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-    cfg = {"llama": lambda: LlamaConfig(**common, tie_word_embeddings=True),
-           "mistral": lambda: MistralConfig(**common, sliding_window=None, tie_word_embeddings=False),
-           "qwen2": lambda: Qwen2Config(**common, tie_word_embeddings=False),
-           "qwen3": lambda: Qwen3Config(**common, head_dim=64, tie_word_embeddings=True)}[family]()
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    model.tie_weights()
-    return model.eval()
-
-
 def valid_blocks(rows, cols, qtype, seed=0):
     """Random but valid k-quant bytes (finite f16 super-scales) for types we cannot quantize yet."""
     rng = np.random.default_rng(seed)
@@ -77,19 +50,6 @@ def valid_blocks(rows, cols, qtype, seed=0):
     return b.reshape(rows, -1)
 
 
-@pytest.fixture(scope="module")
-def tiny_tok():
-    """A 512-token byte-level BPE tokenizer trained on the README (fast to write and read)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([(Path(__file__).resolve().parents[1] / "README.md").read_text()], vocab_size=512,
-                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>",
-                                  eos_token="<|im_end|>", unk_token="<|endoftext|>")
-    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    return tok
 
 
 # ---- mixes: hand-worked from llama.cpp's rules on the default model's names and shapes ----

@@ -1,6 +1,5 @@
 """Calibration activations past a memory budget go to disk and come back unchanged; a walk
 with every batch on disk writes the same bytes as one in memory, and resumes from them."""
-from pathlib import Path
 
 import pytest
 import torch

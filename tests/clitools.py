@@ -1,0 +1,34 @@
+"""Running the command line in-process for tests: exit code, stdout and stderr of `lowbit ARGS`,
+and the shape of a bad-input error."""
+import re
+import sys
+
+from lowbit.cli import main
+
+PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
+         "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 80
+PROGRESS_LINE = re.compile(r"^lowbit: [a-z ]+: \d+/\d+ \(\d+%\)")
+
+
+def run(argv, capsys):
+    sys_argv = sys.argv
+    sys.argv = ["lowbit", *argv]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = sys_argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(code, err, *words):
+    """Exit 2 and one error line (progress lines, which stderr gets when it is not a terminal,
+    may come before it)."""
+    assert code == 2, err
+    lines = [l for l in err.strip().splitlines() if l.strip() and not PROGRESS_LINE.match(l)]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
