@@ -106,7 +106,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model_dir = root / f"model-{args.dtype}"
     size = generate(model_dir, args.dtype)
-    print(f"checkpoint: {size / 1e9:.2f} GB in {len(list((root / 'model').glob('*.safetensors')))} shards "
+    print(f"checkpoint: {size / 1e9:.2f} GB in {len(list(model_dir.glob('*.safetensors')))} shards "
           f"({time.perf_counter() - t0:.0f} s to generate)")
     out = root / "out"
     shutil.rmtree(out, ignore_errors=True)

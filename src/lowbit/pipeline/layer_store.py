@@ -190,7 +190,8 @@ class LayerStore:
         path = self.layer_file(i)
         with safe_open(str(path), framework="pt") as fh:
             info = json.loads(fh.metadata()["modules"])
-            raw = {k: fh.get_tensor(k) for k in fh.keys()}
+            # copies: a tensor left on the file's mapping keeps the pages it touched in memory
+            raw = {k: fh.get_tensor(k).clone() for k in fh.keys()}
         tensors, specs, changes = {}, {}, {}
         for name, meta in info.items():
             parts = {f: raw[f"{name}:{f}"] for f in _QT_FIELDS}

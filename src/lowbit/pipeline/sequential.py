@@ -196,6 +196,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         if batches.spilled:
             log.info("%d of %d calibration batches are kept on disk (memory budget %.2f GB per set)",
                      batches.spilled, len(batches), batches.budget / 1e9)
+    elif lazy is not None:  # no forward passes: the embedding table waits on disk for the writer
+        lazy.drop_input_embeddings()
     true_sequential = walk.true_sequential
     if batches is not None:
         log.info("calibration forward passes in %s", result.forward_dtype)
