@@ -1,12 +1,18 @@
 """Running the command line in-process for tests: exit code, stdout and stderr of `lowbit ARGS`,
 and the shape of a bad-input error."""
+import os
 import re
 import sys
+from pathlib import Path
 
 from lowbit.cli import main
 
 PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
          "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 80
+# a `python -m lowbit.cli` child: tests/ first on its path, then the caller's PYTHONPATH (a
+# checkout tested without installing it)
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                            os.environ.get("PYTHONPATH")]))}
 PROGRESS_LINE = re.compile(r"^lowbit: [a-z ]+: \d+/\d+ \(\d+%\)")
 
 

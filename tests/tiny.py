@@ -67,3 +67,17 @@ def plant_outliers(model, factor=40.0, channels=(3, 40, 77, 150)):
             s2[[c + 100 for c in channels]] = factor
             scale_pair(layer, "mlp.up_proj", LINEARS[6:], 1 / s2)
     return model
+
+
+def slow_model(path, tokenizer) -> None:
+    """Saves a Llama of eight layers wide enough that each takes a moment, so that a kill or a
+    Ctrl-C lands mid-run."""
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)

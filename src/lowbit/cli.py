@@ -5,6 +5,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -122,6 +123,7 @@ def _fmt(x, spec=".3f") -> str:
 
 
 def _print_eval_table(res: dict, title: str, quantize_seconds: float | None = None):
+    stderr = res.get("kld_stderr")
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -134,8 +136,7 @@ def _print_eval_table(res: dict, title: str, quantize_seconds: float | None = No
         ("perplexity (base)", _fmt(res.get("base_perplexity"))),
         ("perplexity (quantized)", _fmt(res.get("perplexity"))),
         ("KL divergence (nats/token)", _fmt(res.get("kld"), ".5f")
-         + (f" ± {res['kld_stderr']:.5f}" if res.get("kld_stderr") == res.get("kld_stderr") and res.get("kld_stderr")
-            is not None else "")),
+         + (f" ± {stderr:.5f}" if stderr is not None and math.isfinite(stderr) else "")),
         ("top-1 agreement", _fmt(res.get("top1_agreement"), ".4f")),
         ("eval tokens", f"{res['tokens']:,} ({res['windows']} x {res['seqlen']})"),
     ]
@@ -169,20 +170,23 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
                    true_sequential, forward_dtype, smooth):
     """The QuantSpec a quantize command asks for: the preset (default: lowbit's best measured
     4-bit recipe), then every option given beside it; options that do not apply are refused."""
+    from lowbit.methods.gptq import GPTQOptions
+    from lowbit.options import WalkOptions
     from lowbit.spec import BEST_4BIT, QuantSpec, preset
 
     base = preset(preset_name or BEST_4BIT)
+    walk, gptq = WalkOptions(), GPTQOptions()  # the defaults of options not given
     method = method or base.method
     gptq_only = _given(**{"--damp-percent": damp_percent, "--act-order/--no-act-order": act_order,
                           "--static-groups/--no-static-groups": static_groups})
     if method != "gptq" and gptq_only:
         raise LowbitError(f"{gptq_only[0]} applies to --method gptq only, not {method}: drop it or use --method gptq")
-    method_args = {"true_sequential": True if true_sequential is None else true_sequential,
+    method_args = {"true_sequential": walk.true_sequential if true_sequential is None else true_sequential,
                    "forward_dtype": forward_dtype, "smooth": smooth}
     if method == "gptq":
-        method_args.update(damp_percent=0.01 if damp_percent is None else damp_percent,
-                           act_order=True if act_order is None else act_order,
-                           static_groups=True if static_groups is None else static_groups)
+        method_args.update(damp_percent=gptq.damp_percent if damp_percent is None else damp_percent,
+                           act_order=gptq.act_order if act_order is None else act_order,
+                           static_groups=gptq.static_groups if static_groups is None else static_groups)
     return QuantSpec(method=method, bits=base.bits if bits is None else bits,
                      group_size=base.group_size if group_size is None else group_size,
                      symmetric=base.symmetric if sym is None else sym,

@@ -31,39 +31,36 @@ def no_init_weights():
     return ctx()
 
 
+def _has_parameters(params) -> bool:
+    return isinstance(params, dict) and params.get("rope_theta") is not None
+
+
+def _rope(params, theta, scaling) -> dict:
+    """{"rope_theta", "rope_type", ...} from 5's rope_parameters, else 4.x's rope_theta + rope_scaling."""
+    if _has_parameters(params):
+        out = dict(params)
+        out.setdefault("rope_type", "default")
+        return out
+    out = {"rope_theta": theta, "rope_type": "default"}
+    if isinstance(scaling, dict):
+        out.update(scaling)
+        out["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
+        out.pop("type", None)
+    return out
+
+
 def rope_of_config(config) -> dict:
     """The RoPE settings the installed transformers computes with: {"rope_theta", "rope_type", ...}
     (4.x also keeps a file's unknown `rope_parameters` as an attribute, but computes without it)."""
     params = getattr(config, "rope_parameters", None) if TRANSFORMERS_MAJOR >= 5 else None
-    if isinstance(params, dict) and params.get("rope_theta") is not None:
-        out = dict(params)
-        out.setdefault("rope_type", "default")
-        return out
-    out = {"rope_theta": getattr(config, "rope_theta", None), "rope_type": "default"}
-    scaling = getattr(config, "rope_scaling", None)
-    if isinstance(scaling, dict):
-        out.update(scaling)
-        out["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
-        out.pop("type", None)
-    return out
+    return _rope(params, getattr(config, "rope_theta", None), getattr(config, "rope_scaling", None))
 
 
 def rope_of_file(raw: dict) -> dict | None:
     """The RoPE settings a config.json states, in either version's layout (None: it states none)."""
-    params = raw.get("rope_parameters")
-    if isinstance(params, dict) and params.get("rope_theta") is not None:
-        out = dict(params)
-        out.setdefault("rope_type", "default")
-        return out
-    if raw.get("rope_theta") is None:
+    if not _has_parameters(raw.get("rope_parameters")) and raw.get("rope_theta") is None:
         return None
-    out = {"rope_theta": raw["rope_theta"], "rope_type": "default"}
-    scaling = raw.get("rope_scaling")
-    if isinstance(scaling, dict):
-        out.update(scaling)
-        out["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
-        out.pop("type", None)
-    return out
+    return _rope(raw.get("rope_parameters"), raw.get("rope_theta"), raw.get("rope_scaling"))
 
 
 def rope_theta(config) -> float:

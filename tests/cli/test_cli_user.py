@@ -2,29 +2,22 @@
 signal handling and typer's usage errors on the installed typer/click): no input gives a
 traceback; usage errors exit 2 with a usage line; Ctrl-C exits 130 and says what was kept;
 --overwrite replaces only what lowbit wrote; a model saved without a tokenizer quantizes."""
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from lowbit.pipeline.layer_store import work_dir_for
-from tiny import VOCAB, tiny_model
+from clitools import PROSE, SUBPROCESS_ENV
+from tiny import VOCAB, slow_model, tiny_model
 
-PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
-         "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 80
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                 os.environ.get("PYTHONPATH")]))}
 
 
 def lowbit(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "lowbit.cli", *map(str, args)], env=ENV, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=600, **kw)
+    return subprocess.run([sys.executable, "-m", "lowbit.cli", *map(str, args)], env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, **kw)
 
 
 USAGE = [  # (arguments, a word the usage message names)
@@ -118,25 +111,13 @@ def test_api_reports_progress_through_logging(tmp_path, tiny_dir, caplog):
     assert [r.getMessage().split()[1] for r in caplog.records if r.name == "lowbit.progress"] == ["1/2", "2/2"]
 
 
-def _slow_model(path: Path, tokenizer) -> None:
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-
-
 def test_ctrl_c_exits_130_keeps_the_partial_run_and_resume_continues(tmp_path, default_tokenizer, text_file):
     src, out = tmp_path / "src", tmp_path / "out"
-    _slow_model(src, default_tokenizer)
+    slow_model(src, default_tokenizer)
     args = [sys.executable, "-m", "lowbit.cli", "quantize", str(src), "-o", str(out), "--method", "gptq",
             "--group-size", "64", "--calib", str(text_file), "--nsamples", "32", "--seqlen", "128",
             "--no-eval", "--checkpoint-seconds", "0"]
-    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(args, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     work = work_dir_for(out)
     deadline = time.monotonic() + 300
@@ -150,9 +131,9 @@ def test_ctrl_c_exits_130_keeps_the_partial_run_and_resume_continues(tmp_path, d
     assert last.startswith("lowbit: interrupted: nothing was written at") and "--resume" in last, err[-2000:]
     assert "Traceback" not in err and not out.exists() and work.is_dir()
     # without --resume the partial run is kept and the run refused (no terminal to ask)
-    again = subprocess.run(args, env=ENV, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    again = subprocess.run(args, env=SUBPROCESS_ENV, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert again.returncode == 2 and "partial run is kept" in again.stderr and work.is_dir(), again.stderr
-    resumed = subprocess.run(args + ["--resume"], env=ENV, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    resumed = subprocess.run(args + ["--resume"], env=SUBPROCESS_ENV, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert resumed.returncode == 0 and "resuming: layers 0-" in resumed.stderr, resumed.stderr[-2000:]
     assert out.is_dir() and not work.exists()
 

@@ -2,7 +2,6 @@
 same bytes as one held in memory; a run killed with SIGKILL leaves no OUT, and --resume
 finishes it with output byte-identical to an uninterrupted run."""
 import filecmp
-import os
 import signal
 import subprocess
 import sys
@@ -11,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 import lowbit
 from lowbit.errors import LowbitError
 from lowbit.io.load import load_model
 from lowbit.pipeline.layer_store import work_dir_for
-from tiny import VOCAB, tiny_model
+from clitools import SUBPROCESS_ENV
+from tiny import VOCAB, slow_model, tiny_model
 
-PROSE = ("The river rises in the northern hills and flows south through farmland, towns and "
-         "forests before it reaches the sea. Its valley has been settled for thousands of years. ") * 80
 GPTQ = "gptq-w4g32"
 
 
@@ -95,19 +92,6 @@ def test_shards_split_and_load(tmp_path, default_tokenizer, text_file):
     assert one["quantized_modules"] == len(b.quantized) == 14
 
 
-def _kill_model(path: Path, tokenizer) -> None:
-    """Eight layers wide enough that each takes a moment, so a kill lands mid-run."""
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-
-
 def _cli(src, out, text_file, *extra):
     return [sys.executable, "-m", "lowbit.cli", "quantize", str(src), "-o", str(out), "--method", "gptq",
             "--group-size", "64", "--calib", str(text_file), "--nsamples", "32", "--seqlen", "128",
@@ -116,10 +100,8 @@ def _cli(src, out, text_file, *extra):
 
 def test_sigkill_then_resume_is_byte_identical(tmp_path, default_tokenizer, text_file):
     src = tmp_path / "src"
-    _kill_model(src, default_tokenizer)
-    # keep the caller's PYTHONPATH (a checkout tested without installing it) after tests/
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                     os.environ.get("PYTHONPATH")]))}
+    slow_model(src, default_tokenizer)
+    env = SUBPROCESS_ENV
     subprocess.run(_cli(src, tmp_path / "ref", text_file), check=True, env=env, capture_output=True)
 
     out = tmp_path / "out"
@@ -164,7 +146,7 @@ def test_resume_of_a_smoothed_rtn_run_needs_the_saved_activations(tmp_path, defa
     from lowbit.spec import QuantSpec
 
     src = tmp_path / "src"
-    _kill_model(src, default_tokenizer)
+    slow_model(src, default_tokenizer)
     spec = QuantSpec(method="rtn", bits=4, group_size=64, method_args={"smooth": "on"})
     args = dict(calib=text_file, nsamples=8, seqlen=64, checkpoint_seconds=3600)
     lowbit.quantize(str(src), spec, tmp_path / "ref", **args)

@@ -97,10 +97,7 @@ class LayerStore:
         if complete.is_file():
             return int(complete.read_text()) - 1
         if not needs_acts:
-            i = 0
-            while self.layer_file(i).is_file():
-                i += 1
-            return i - 1
+            return self.layers_saved() - 1
         found = [int(m.group(1)) for p in self.dir.glob("acts-*")
                  if (m := re.fullmatch(r"acts-(\d+)", p.name)) and p.is_dir()]
         newest = max(found, default=-1)
