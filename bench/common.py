@@ -33,5 +33,5 @@ def quantized_copy(base_model, spec, calib):
     model = copy.deepcopy(base_model)
     torch.manual_seed(0)
     transform = weight_only_smoothing(model, spec, target_linears(model, spec), ct.fit_layout)
-    result = quantize_model(model, spec, calib, fit_layout=ct.fit_layout, transform=transform)
+    result = quantize_model(model, spec, calib, fit_layout=ct.fit_layout, transforms=[transform])
     return model, result

@@ -28,7 +28,7 @@ def main(argv=None):
     from lowbit.calibration.text import calibration_samples, default_text
     from lowbit.formats import ggml_blocks
     from lowbit.io.load import load_model
-    from lowbit.methods.ggml_grid import gptq_ggml
+    from lowbit.methods.gptq import gptq_ggml
 
     loaded = load_model(None)
     model = loaded.model

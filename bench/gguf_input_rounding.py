@@ -19,7 +19,7 @@ from lowbit.calibration.text import default_text, tokenize
 from lowbit.eval.perplexity import windows
 from lowbit.formats.ggml_activations import round_q8_0
 from lowbit.io.load import load_model
-from lowbit.methods.ggml_grid import round_ggml
+from lowbit.formats.ggml_tensor import round_ggml
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 

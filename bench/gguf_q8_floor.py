@@ -1,7 +1,7 @@
 """Floor of llama.cpp's Q8_0 KLD on the default model: every decoder Linear set to its Q8_0
 rounding, written as F32, quantized to Q8_0 by llama.cpp (lossless: the weights are already on
 the grid), and judged by llama.cpp against that F32 file. What remains is llama.cpp's own 8-bit
-rounding of activations, which any Q8_0 file of this model pays (notes/gguf_gptq.md).
+rounding of activations, which any Q8_0 file of this model pays (docs/design/gguf_gptq.md).
 
     python bench/gguf_q8_floor.py [--peer-python /work/peers/venv-llamacpp/bin/python] [--work DIR]
 """
@@ -14,7 +14,7 @@ from lowbit.eval.perplexity import windows
 from lowbit.io.default_model import default_gguf
 from lowbit.io.gguf_writer import write_gguf
 from lowbit.io.load import load_model
-from lowbit.methods.ggml_grid import round_ggml
+from lowbit.formats.ggml_tensor import round_ggml
 
 import argparse
 import tempfile

@@ -6,7 +6,7 @@ watched every 20 ms: the child is killed if its RSS passes the cap. Prints peak 
 the checkpoint size.
 
     python bench/scale_rss.py [--dir /tmp/lowbit-scale] [--cap-gb 2.5] [--method gptq|rtn]
-                              [--dtype float32|float16|bfloat16]
+                              [--dtype float32|float16|bfloat16] [--format gguf --gguf-type Q4_K_M]
 """
 from __future__ import annotations
 
@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--method", default="gptq", choices=["gptq", "rtn"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="the checkpoint's dtype (released checkpoints are mostly bf16/fp16)")
+    ap.add_argument("--format", default="compressed-tensors", help="output format (gguf: one file)")
+    ap.add_argument("--gguf-type", default="Q4_K_M", help="--format gguf: the llama.cpp file type")
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--resume", action="store_true",
@@ -108,13 +110,16 @@ def main() -> None:
     size = generate(model_dir, args.dtype)
     print(f"checkpoint: {size / 1e9:.2f} GB in {len(list(model_dir.glob('*.safetensors')))} shards "
           f"({time.perf_counter() - t0:.0f} s to generate)")
-    out = root / "out"
+    gguf = args.format == "gguf"
+    out = root / ("out.gguf" if gguf else "out")
     shutil.rmtree(out, ignore_errors=True)
+    out.unlink(missing_ok=True) if gguf else None
     cap = int(args.cap_gb * 1e9)
     calib = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen)] if args.method == "gptq" else []
+    grid = ["--format", "gguf", "--gguf-type", args.gguf_type] if gguf else \
+        ["--format", args.format, "--bits", "4", "--group-size", "128", "--max-shard-bytes", str(512 << 20)]
     cmd = [sys.executable, "-m", "lowbit.cli", "quantize", str(model_dir), "-o", str(out),
-           "--method", args.method, "--bits", "4", "--group-size", "128", *calib, "--no-eval",
-           "--max-shard-bytes", str(512 << 20)] + (["--resume"] if args.resume else [])
+           "--method", args.method, *grid, *calib, "--no-eval"] + (["--resume"] if args.resume else [])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     peak = 0
@@ -127,8 +132,9 @@ def main() -> None:
         time.sleep(0.02)
     if proc.returncode != 0:
         sys.exit(f"quantize failed with exit {proc.returncode}")
-    out_size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
-    print(f"quantized ({args.method} w4 g128, {args.dtype} checkpoint) in {time.perf_counter() - t0:.0f} s -> {out_size / 1e9:.2f} GB")
+    out_size = out.stat().st_size if gguf else sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    what = args.gguf_type if gguf else "w4 g128"
+    print(f"quantized ({args.method} {what}, {args.dtype} checkpoint) in {time.perf_counter() - t0:.0f} s -> {out_size / 1e9:.2f} GB")
     print(f"peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f}x the checkpoint ({size / 1e9:.2f} GB); "
           f"cap {args.cap_gb} GB")
 

@@ -38,3 +38,23 @@ def one_line_error(code, err, *words):
     assert len(lines) == 1, err
     for w in words:
         assert w in lines[0], lines[0]
+
+
+ERRORS_DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def documented_errors() -> list:
+    """(row input, pattern of its message) for every row of docs/errors.md."""
+    import re
+
+    rows = []
+    for line in ERRORS_DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+        if len(cells) != 2 or cells[0] in ("input", "---") or not cells[1].startswith("`"):
+            continue
+        message = cells[1].strip("`")
+        parts = re.split(r"(\bX\b|\bOUT\b|\bN\b|\bM\b|\.\.\.)", message)
+        rx = "".join({"X": r".+?", "OUT": r".+?", "N": r"[\d.]+", "M": r"[\d.]+", "...": r".*?"}.get(p)
+                     or re.sub(r"\\?\d+(?:\\\.\d+)*", r"[\\d.]+", re.escape(p)) for p in parts)
+        rows.append((cells[0], re.compile(rx)))
+    return rows

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,39 @@ def tiny_dir(tmp_path_factory, default_tokenizer):
     tiny_model("llama", vocab=VOCAB).save_pretrained(d)
     default_tokenizer.save_pretrained(d)
     return d
+
+
+# ---- docs/errors.md stays true -----------------------------------------------------------------
+# Every message lowbit raises during the run is recorded; when the whole suite has run, each row of
+# docs/errors.md must match one of them (X: a path or name, OUT: the output, N/M: numbers, ...: any).
+from lowbit.errors import LowbitError  # noqa: E402
+
+RAISED: list[str] = []
+_init = LowbitError.__init__
+
+
+def _recording_init(self, *args):
+    if args:
+        RAISED.append(str(args[0]))
+    _init(self, *args)
+
+
+LowbitError.__init__ = _recording_init
+from clitools import documented_errors  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    log = os.environ.get("LOWBIT_RAISED_LOG")  # where to list every message raised, to reword a row
+    if log:
+        Path(log).write_text("\n".join(sorted(set(RAISED))) + "\n")
+    cfg = session.config
+    whole = (not cfg.option.keyword and not cfg.option.markexpr and not cfg.option.lf
+             and all(Path(a).resolve() == Path(__file__).parent.resolve() for a in cfg.args))
+    if exitstatus != 0 or not whole or session.testscollected < 300:
+        return
+    missing = [row for row, rx in documented_errors() if not any(rx.search(m) for m in RAISED)]
+    if missing:
+        import sys
+        print(f"\ndocs/errors.md rows that no test raised (reword the row or the message): {missing}",
+              file=sys.stderr)
+        session.exitstatus = 1

@@ -29,6 +29,7 @@ from lowbit.pipeline import quantize_model
 from lowbit.pipeline.layer_store import LayerStore, work_dir_for
 from lowbit.pipeline.sequential import target_linears
 from lowbit.pipeline import smoothing
+from lowbit.pipeline.gguf import GGUFOutput
 from lowbit.pipeline.smoothing import check_smooth, weight_only_smoothing
 from lowbit.spec import QuantSpec, preset
 
@@ -77,10 +78,16 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     check_method_args(spec, method)  # a misspelled option is an error, not ignored
     check_smooth(spec.method_args.get("smooth", "auto"))
     progress = progress or logging_progress()
-    if format == "gguf" or gguf_type is not None:
-        return _quantize_gguf(model, spec, method, out, gguf_type or "Q4_K_M", format, calib, nsamples, seqlen,
-                              seed, overwrite, allow_pickle, progress, tokenizer)
-    writer = get_format(format)
+    gguf = writer = None
+    if format == "gguf" or gguf_type is not None:  # one file of llama.cpp's block grids
+        if format != "gguf":
+            raise LowbitError(f"a GGUF type ({gguf_type}) was given with format {format!r}: use --format gguf")
+        if out is None:
+            raise LowbitError("GGUF output needs a file name: give -o OUT.gguf")
+        gguf = GGUFOutput(gguf_type or "Q4_K_M", spec)
+    else:
+        writer = get_format(format)
+        writer.check_spec(spec)
     if out is not None:
         out = Path(out)
         check_output(out, overwrite)
@@ -92,38 +99,58 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     else:
         loaded = load_model(model, allow_pickle)
     _use_tokenizer(loaded, tokenizer)
+    if gguf is not None and loaded.tokenizer is None:
+        raise missing_tokenizer(loaded.source, "a GGUF file (its vocabulary is stored in the file)")
     if lazy is None:
         _check_weights(loaded.model)
     torch.manual_seed(seed)
     calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed, spec)
+    if gguf is not None:
+        gguf.begin(loaded.model, calibration, keep_float_head=lazy is None)
+        fit, transforms = gguf.fit, gguf.transforms
+    else:
+        fit = writer.fit
+        transforms = [weight_only_smoothing(loaded.model, spec, target_linears(loaded.model, spec), fit)]
     store = None
     if out is not None:
-        run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format}
+        run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format,
+               **({"gguf_type": gguf.file_type} if gguf is not None else {})}
         store = LayerStore(work_dir_for(out), run, resume, checkpoint_seconds,
                            discard=overwrite if discard_partial is None else discard_partial)
-    result = quantize_model(loaded.model, spec, calibration, fit_layout=writer.fit, progress=progress,
-                            lazy=lazy, store=store, acts_budget_bytes=acts_memory_bytes,
-                            transform=weight_only_smoothing(loaded.model, spec, target_linears(loaded.model, spec),
-                                                            writer.fit))
+    result = quantize_model(loaded.model, spec, calibration, fit_layout=fit, progress=progress,
+                            lazy=lazy, store=store, acts_budget_bytes=acts_memory_bytes, transforms=transforms,
+                            head_observer=gguf.head_observer if gguf is not None else None)
     summary = {"spec": spec.to_dict(), "base_model": loaded.source, "quantize_seconds": result.seconds,
                "layout_changes": result.layout_changes, "calibration": calib_info,
-               "quantized_modules": len(result.specs)}
+               "quantized_modules": len(result.specs), "format": format}
     if calibration is not None:  # what "auto" became on this machine, for reproducing the run
         summary["forward_dtype"] = result.forward_dtype
-    if result.transforms:
-        summary["smoothing"] = result.transforms
+    summary["smoothing"] = result.transforms.get("smooth", {})  # alpha per layer and pair ({}: none ran)
     if out is not None:
         t0 = time.perf_counter()
-        save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format,
-                       store=store, layers_prefix=arch_for(loaded.model).layers,
-                       quantized_names=set(result.specs), max_shard_bytes=max_shard_bytes,
-                       fetch=lazy.tensor if lazy is not None else None)
+        prefix = arch_for(loaded.model).layers
+        fetch = lazy.tensor if lazy is not None else None
+        if gguf is not None:
+            summary.update(gguf.write(out, loaded, result, store, fetch, prefix, overwrite,
+                                      metadata=_gguf_metadata(summary)))
+        else:
+            save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format,
+                           store=store, layers_prefix=prefix, quantized_names=set(result.specs),
+                           max_shard_bytes=max_shard_bytes, fetch=fetch)
         store.remove()
         summary["write_seconds"] = time.perf_counter() - t0
         summary["out"] = str(out)
     summary["loaded"] = None if lazy is not None else Loaded(
         loaded.model, loaded.tokenizer, loaded.source, "quantized", result.tensors, summary)
     return summary
+
+
+def _gguf_metadata(summary: dict) -> dict:
+    """What a GGUF file records of its making ("lowbit.KEY"): eval finds its base there."""
+    import json
+
+    return {"base_model": summary["base_model"], "spec": json.dumps(summary["spec"], sort_keys=True),
+            "calibration": json.dumps(summary["calibration"], sort_keys=True)}
 
 
 def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed: int, spec: QuantSpec):
@@ -151,32 +178,6 @@ def _use_tokenizer(loaded: Loaded, tokenizer) -> None:
     loaded.tokenizer = tok
 
 
-def _quantize_gguf(model, spec: QuantSpec, method, out, gguf_type: str, format: str, calib, nsamples: int,
-                   seqlen: int, seed: int, overwrite: bool, allow_pickle: bool, progress, tokenizer=None) -> dict:
-    """quantize(format="gguf"): the whole model in memory, the walk onto GGML grids, one file."""
-    from lowbit.pipeline.gguf import check_gguf_request, quantize_to_gguf
-
-    if format != "gguf":
-        raise LowbitError(f"a GGUF type ({gguf_type}) was given with format {format!r}: use --format gguf")
-    if out is None:
-        raise LowbitError("GGUF output needs a file name: give -o OUT.gguf")
-    check_gguf_request(gguf_type, spec.method)
-    out = Path(out)
-    check_output(out, overwrite)
-    loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
-    _use_tokenizer(loaded, tokenizer)
-    if loaded.tokenizer is None:
-        raise missing_tokenizer(loaded.source, "a GGUF file (its vocabulary is stored in the file)")
-    _check_weights(loaded.model)
-    torch.manual_seed(seed)
-    calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed, spec)
-    summary = quantize_to_gguf(loaded, spec, out, gguf_type, calibration, overwrite, progress)
-    tensors = summary.pop("tensors")
-    summary.update(calibration=calib_info, out=str(out))
-    summary["loaded"] = Loaded(loaded.model, loaded.tokenizer, loaded.source, "quantized", tensors, summary)
-    return summary
-
-
 def _warn_small_calibration(model: torch.nn.Module, calibration: torch.Tensor) -> None:
     widest = max((m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)), default=0)
     tokens = calibration.numel()
@@ -190,7 +191,7 @@ def _resolve_base(loaded: Loaded, base: str | None) -> str | None:
         return None
     if base not in (None, "auto"):
         return base
-    return loaded.meta.get("base_model") if loaded.kind == "quantized" else None
+    return loaded.meta.get("base_model") if loaded.kind in ("quantized", "gguf") else None
 
 
 def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "auto", data: str | Path | None = None,

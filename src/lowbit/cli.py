@@ -109,6 +109,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _default_out(model: Optional[str], spec) -> Path:
     base = Path(model).stem if model else "SmolLM2-135M-Instruct"
+    if spec.grid != "int":
+        return Path(f"{base}-{spec.method}-{spec.grid}" + ("" if spec.double_quant else "-nodq"))
     g = f"g{spec.group_size}" if spec.group_size > 0 else ""
     sym = "" if spec.symmetric else "-asym"
     return Path(f"{base}-{spec.method}-w{spec.bits}{g}{sym}")
@@ -167,7 +169,7 @@ def _given(**flags) -> list[str]:
 
 
 def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order, static_groups,
-                   true_sequential, forward_dtype, smooth):
+                   true_sequential, forward_dtype, smooth, grid=None, double_quant=None):
     """The QuantSpec a quantize command asks for: the preset (default: lowbit's best measured
     4-bit recipe), then every option given beside it; options that do not apply are refused."""
     from lowbit.methods.gptq import GPTQOptions
@@ -187,6 +189,18 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
         method_args.update(damp_percent=gptq.damp_percent if damp_percent is None else damp_percent,
                            act_order=gptq.act_order if act_order is None else act_order,
                            static_groups=gptq.static_groups if static_groups is None else static_groups)
+    grid = grid or base.grid
+    if grid != "nf4" and double_quant is not None:
+        raise LowbitError("--double-quant/--no-double-quant applies to --grid nf4 only: drop it or use --grid nf4")
+    if grid == "nf4":
+        if sym is not None or clip is not None:
+            raise LowbitError(f"{'--sym/--asym' if sym is not None else '--clip'} applies to the int grid, not nf4 "
+                              "(a fixed code book scaled by each block's absmax): drop it")
+        default_group = base.group_size if base.grid == "nf4" else 64  # NF4's block: 64 weights
+        return QuantSpec(method=method, grid="nf4", bits=4 if bits is None else bits,
+                         group_size=default_group if group_size is None else group_size,
+                         double_quant=base.double_quant if double_quant is None else double_quant,
+                         method_args=method_args)
     return QuantSpec(method=method, bits=base.bits if bits is None else bits,
                      group_size=base.group_size if group_size is None else group_size,
                      symmetric=base.symmetric if sym is None else sym,
@@ -196,6 +210,8 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
 def _title(spec, fmt: str, gguf_type: str | None) -> str:
     if fmt == "gguf":
         return f"{spec.method} {(gguf_type or 'Q4_K_M').upper()} (GGUF)"
+    if spec.grid == "nf4":
+        return f"{spec.method} nf4 b{spec.group_size}" + (" double-quant" if spec.double_quant else "")
     g = f"g{spec.group_size}" if spec.group_size > 0 else ("per channel" if spec.group_size == -1 else "per tensor")
     return f"{spec.method} w{spec.bits} {g} {'sym' if spec.symmetric else 'asym'}"
 
@@ -235,6 +251,10 @@ def quantize(
     bits: Optional[int] = typer.Option(None, help="bits per weight, 2..8 (default 4)"),
     group_size: Optional[int] = typer.Option(None, help="group size; -1 per channel, 0 per tensor (default 128)"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="symmetric grid (default) or asymmetric with zero point"),
+    grid: Optional[str] = typer.Option(None, help="number grid: int (integer affine, default) or nf4 "
+                                       "(NormalFloat-4 in blocks of --group-size, 64 by default)"),
+    double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant",
+                                                help="nf4: store block absmax values in 8 bits (default on)"),
     clip: Optional[str] = typer.Option(None, help="grid range: minmax, mse (clipping search), auto (rtn: minmax, gptq: mse)"),
     damp_percent: Optional[float] = typer.Option(None, help="gptq: dampening, fraction of the mean Hessian diagonal (0.01)"),
     act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order",
@@ -277,7 +297,7 @@ def quantize(
 
     check_smooth(smooth)
     spec = _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order,
-                          static_groups, true_sequential, forward_dtype, smooth)
+                          static_groups, true_sequential, forward_dtype, smooth, grid, double_quant)
     if output is None:
         stem = Path(model).stem if model else "SmolLM2-135M-Instruct"
         output = Path(f"{stem}-{spec.method}-{(gguf_type or 'Q4_K_M').upper()}.gguf") if fmt == "gguf" \
@@ -304,8 +324,7 @@ def quantize(
             _print_layout_changes(summary["layout_changes"])
         res = None
         if evaluate:
-            base = (model or "default") if fmt == "gguf" else "auto"  # a GGUF file does not name its base
-            res = api.evaluate(str(output), base=base, data=data, seqlen=seqlen, eval_dtype=eval_dtype,
+            res = api.evaluate(str(output), base="auto", data=data, seqlen=seqlen, eval_dtype=eval_dtype,
                                max_windows=max_windows or DEFAULT_WINDOWS, progress=bars, tokenizer=tokenizer)
     if as_json:
         print(json.dumps({**summary, "eval": res}, indent=2, default=str))
@@ -357,18 +376,22 @@ def info(model: Optional[str] = typer.Argument(None), allow_pickle: bool = typer
     m = loaded.model
     layouts: dict[str, int] = {}
     for qt in loaded.quantized.values():
-        key = f"w{qt.bits} g{qt.group_size} {'sym' if qt.symmetric else 'asym'}"
-        layouts[key] = layouts.get(key, 0) + 1
+        layouts[qt.describe()] = layouts.get(qt.describe(), 0) + 1
+    if loaded.kind == "gguf":  # a GGUF's layout is its tensor types
+        layouts = {t: n for t, n in loaded.meta.get("tensor_types", {}).items() if t not in ("F32", "F16", "BF16")}
     src = Path(loaded.source)
     res = {
         "source": loaded.source, "kind": loaded.kind, "model_type": m.config.model_type,
         "params": sum(p.numel() for p in m.parameters()),
         "layers": m.config.num_hidden_layers, "hidden_size": m.config.hidden_size,
-        "vocab_size": m.config.vocab_size, "quantized_layers": len(loaded.quantized),
+        "vocab_size": m.config.vocab_size,
+        "quantized_layers": sum(layouts.values()) if loaded.kind == "gguf" else len(loaded.quantized),
         "layouts": layouts, "size_bytes": size_on_disk(src) if src.exists() else None,
         "bits_per_weight": bits_per_weight(src) if src.exists() else None,
         "base_model": loaded.meta.get("base_model"),
     }
+    if loaded.kind == "gguf":
+        res.update(gguf_type=loaded.meta.get("gguf_type"), tensor_types=loaded.meta.get("tensor_types"))
     if as_json:
         print(json.dumps(res, indent=2))
         return

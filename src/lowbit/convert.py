@@ -102,9 +102,10 @@ def check_format_arguments(format, out: Path, gguf_type, bits, group_size, symme
                           "choose another -o, or --format gguf")
     if bits is not None or group_size is not None:  # same checks and messages as quantize
         QuantSpec(bits=bits or DEFAULT_BITS, group_size=DEFAULT_GROUP if group_size is None else group_size)
-    if format == "awq" and bits not in (None, 4):
-        raise LowbitError(f"AWQ GEMM holds 4-bit codes only, not {bits}: use --bits 4, or --format gptq "
-                          "or compressed-tensors")
+    held = get_format(format).bits
+    if bits is not None and bits not in held:  # what the format states it holds
+        raise LowbitError(f"{get_format(format).label} holds {'/'.join(map(str, held))}-bit codes only, not {bits}: use --bits "
+                          f"{min([b for b in held if b >= bits] or [held[-1]])}, or --format compressed-tensors")
 
 
 def _warning(s: dict) -> str:
@@ -123,9 +124,7 @@ def _warning(s: dict) -> str:
 def _source_bits_fit(fmt: str, tensors: dict[str, QuantizedTensor], bits: int | None) -> None:
     if bits is not None:
         return
-    held = {"awq": (4,), "gptq": (2, 3, 4, 8), "gptq-v2": (2, 3, 4, 8)}.get(fmt)
-    if held is None:
-        return
+    held = get_format(fmt).bits
     wrong = sorted({qt.bits for qt in tensors.values()} - set(held))
     if wrong:
         nearest = min([b for b in held if b >= wrong[0]] or [held[-1]])
@@ -143,7 +142,7 @@ def _wanted(qt: QuantizedTensor, bits, group_size, symmetric) -> QuantSpec:
 def _holds(qt: QuantizedTensor, fitted: QuantSpec, fmt: str) -> bool:
     """The target stores these codes and grid as they are (scales aside)."""
     group_ok = fitted.group_size == qt.group_size or (qt.group_size == 0 and fitted.group_size == -1)
-    g_idx_ok = not qt.act_order or fmt in ("gptq", "gptq-v2")
+    g_idx_ok = not qt.act_order or get_format(fmt).g_idx
     return fitted.bits == qt.bits and group_ok and fitted.symmetric == qt.symmetric and g_idx_ok
 
 
@@ -191,7 +190,7 @@ def _reason(qt: QuantizedTensor, fitted: QuantSpec, fmt: str) -> str:
         return f"{qt.bits} -> {fitted.bits} bits"
     if fitted.symmetric != qt.symmetric:
         return "symmetric <-> asymmetric grid"
-    if qt.act_order and fmt not in ("gptq", "gptq-v2"):
+    if qt.act_order and not get_format(fmt).g_idx:
         return f"{fmt} has no per-column g_idx (act-order)"
     return f"{fmt} stores group size {fitted.group_size}, not {qt.group_size}"
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from lowbit.errors import LowbitError
 
-DEFAULT_IGNORE = ("lm_head",)  # embeddings are not Linear layers, so they stay float too
+DEFAULT_IGNORE = ("lm_head",)
+GRID_NAMES = ("int", "nf4")  # grids a spec may name (GGML block types come from a GGUF file type)  # embeddings are not Linear layers, so they stay float too
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,12 @@ class QuantSpec:
     # file dequantizes to exactly the weights the walk propagated. None: the working precision
     scale_dtype: str | None = None
     # a GGML block type ("Q4_K", "Q5_0"): the grid is llama.cpp's, not bits/group_size/symmetric
-    # (set per tensor by the GGUF path from the file type's mix; methods/ggml_grid.py)
+    # (set per tensor by the GGUF path from the file type's mix; formats/ggml_tensor.py)
     ggml_type: str | None = None
+    # the grid every Linear is quantized on (formats/grid.py): "int" (integer affine: bits, group
+    # size, symmetric) or "nf4" (NormalFloat-4 in blocks of group_size weights, 64 by default)
+    grid: str = "int"
+    double_quant: bool = True  # nf4: absmax values stored in 8 bits (QLoRA's double quantization)
 
     def __post_init__(self):
         self.validate()
@@ -47,6 +52,11 @@ class QuantSpec:
                               "-1 for per channel or 0 for per tensor")
         if self.clip not in ("auto", "minmax", "mse"):
             raise LowbitError(f"clip={self.clip!r} is unknown: use 'auto', 'minmax' or 'mse'")
+        if self.grid not in GRID_NAMES:
+            raise LowbitError(f"grid {self.grid!r} is unknown: use {' or '.join(GRID_NAMES)}")
+        if self.grid == "nf4" and (self.bits != 4 or self.group_size <= 0):
+            raise LowbitError(f"the nf4 grid is 4 bits in blocks (got bits={self.bits}, group size "
+                              f"{self.group_size}): use --bits 4 and a positive --group-size such as 64")
         if self.scale_dtype not in (None, "float16", "bfloat16", "float32"):
             raise LowbitError(f"scale_dtype={self.scale_dtype!r} is unknown: use float16, bfloat16 or float32")
 
@@ -88,6 +98,11 @@ def match_name(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
+# presets that are not integer affine: name -> QuantSpec fields
+GRID_PRESETS = {"nf4": {"grid": "nf4", "bits": 4, "group_size": 64},
+                "gptq-nf4": {"grid": "nf4", "bits": 4, "group_size": 64, "method": "gptq"},
+                "nf4-nodq": {"grid": "nf4", "bits": 4, "group_size": 64, "double_quant": False}}
+
 _PRESET = re.compile(r"^(?:(?P<method>[a-z0-9]+)-)?w(?P<bits>\d)(?:g(?P<group>\d+))?"
                      r"(?P<sym>-sym|-asym)?(?P<mse>-mse)?$")
 
@@ -97,16 +112,18 @@ BEST_4BIT = "gptq-w4g128"
 ALIASES = {"best-4bit": BEST_4BIT}
 
 PRESETS = ("w4g128", "w4g64", "w4g32", "w4", "w3g128", "w3", "w2g64", "w8", "w8g128",
-           "gptq-w4g128", "gptq-w3g128", "gptq-w4", "w4g128-asym")
+           "gptq-w4g128", "gptq-w3g128", "gptq-w4", "w4g128-asym") + tuple(GRID_PRESETS)
 
 
 def preset(name: str, **changes) -> QuantSpec:
     """QuantSpec from a preset name such as "w4g128" or "gptq-w4g128-asym"."""
     name = ALIASES.get(name.strip().lower(), name)
+    if name.strip().lower() in GRID_PRESETS:
+        return QuantSpec(**{**GRID_PRESETS[name.strip().lower()], **changes})
     m = _PRESET.match(name.strip().lower())
     if not m:
         raise LowbitError(f"unknown preset {name!r}: use a name like "
-                          f"'w4g128', 'gptq-w4g128', 'w8', 'w3g128-asym' or 'best-4bit'")
+                          f"'w4g128', 'gptq-w4g128', 'w8', 'w3g128-asym', 'nf4' or 'best-4bit'")
     kw: dict[str, Any] = {"bits": int(m["bits"]),
                           "group_size": int(m["group"]) if m["group"] else -1}
     if m["method"]:

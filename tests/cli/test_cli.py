@@ -84,6 +84,28 @@ def test_quantize_then_eval_json(capsys, tmp_path, tiny_dir, text_file):
     assert info["quantized_layers"] == 14 and info["base_model"] == str(tiny_dir.resolve())
 
 
+def test_gguf_records_its_base_and_info_shows_its_types(capsys, tmp_path, tiny_dir, text_file):
+    """A GGUF lowbit wrote names its base model in its metadata, so eval compares against it with
+    no --base; info reports the file type and how many tensors of each GGML type it holds."""
+    out = tmp_path / "q.gguf"
+    code, stdout, err = run(["quantize", str(tiny_dir), "-o", str(out), "--method", "rtn", "--format", "gguf",
+                             "--gguf-type", "Q8_0", "--no-eval", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    code, stdout, err = run(["eval", str(out), "--data", str(text_file), "--seqlen", "64", "--max-windows", "2",
+                             "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["base"] == str(tiny_dir.resolve()) and res["kld"] > 0
+    code, stdout, _ = run(["info", str(out), "--json"], capsys)
+    info = json.loads(stdout)
+    assert info["gguf_type"] == "Q8_0" and info["base_model"] == str(tiny_dir.resolve())
+    # 72-wide rows are not a multiple of 32: llama.cpp's rules fall back to F16 for those matrices,
+    # and the summary's count of the plan is what the file holds
+    assert info["tensor_types"] == summary["tensor_types"]
+    assert info["quantized_layers"] == sum(n for t, n in info["tensor_types"].items() if t not in ("F32", "F16"))
+
+
 def test_short_calibration_text_refused(capsys, tmp_path, tiny_dir):
     pytest.importorskip("lowbit.methods.gptq")
     short = tmp_path / "short.txt"

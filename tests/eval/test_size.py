@@ -1,5 +1,5 @@
 """bits_per_weight and size_bytes of GPTQ, AWQ and GGUF files, against values worked by hand
-from the layouts (notes/gptq_awq.md, gguf.GGML_QUANT_SIZES)."""
+from the layouts (docs/design/gptq_awq.md, gguf.GGML_QUANT_SIZES)."""
 import json
 
 import torch

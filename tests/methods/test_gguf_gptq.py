@@ -17,7 +17,7 @@ from lowbit.formats import ggml_blocks
 from lowbit.io.gguf_mixes import plan_types
 from lowbit.io.gguf_reader import open_gguf, read_gguf
 from lowbit.io.load import Loaded
-from lowbit.methods.ggml_grid import gptq_ggml
+from lowbit.methods.gptq import gptq_ggml
 from lowbit.spec import QuantSpec
 from clitools import PROSE, run
 from peers import needs_llamacpp, run_peer

@@ -133,3 +133,27 @@ def test_dead_inputs_and_rank_deficient_hessian():
     qt = gptq_quantize(W, H, 4, True, 16)
     assert torch.isfinite(qt.dequantize()).all()
     assert (qt.dequantize()[:, 5] == 0).all()
+
+
+def test_a_large_matrix_is_solved_in_blocks_of_rows_with_the_same_codes(monkeypatch):
+    """Output rows share only H, so GPTQ on blocks of rows (bounded memory for a 49k-token head)
+    gives the codes of one solve, on integer and on GGML grids."""
+    from gguf import GGMLQuantizationType as T
+
+    from lowbit.formats import GGMLGrid, IntAffineGrid
+    from lowbit.methods import gptq_solver
+
+    torch.manual_seed(0)
+    X = torch.randn(512, 256)
+    H = 2 * X.T @ X / X.shape[0]
+    W = torch.randn(96, 256) * 0.05
+    for grid, fit in ((IntAffineGrid(4, 64, True, "mse"), "static"), (GGMLGrid(T.Q4_K), "block")):
+        whole = gptq_solver.gptq_by_rows(W, H, grid, act_order=True, fit=fit)
+        monkeypatch.setattr(gptq_solver, "ROW_CHUNK", 32 * 256)  # blocks of 32 rows
+        parts = gptq_solver.gptq_by_rows(W, H, grid, act_order=True, fit=fit)
+        monkeypatch.undo()
+        assert torch.equal(parts.dequantize(), whole.dequantize())
+        if hasattr(whole, "blocks"):
+            assert (parts.blocks == whole.blocks).all()
+        else:
+            assert torch.equal(parts.q, whole.q)

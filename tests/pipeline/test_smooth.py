@@ -10,8 +10,9 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from lowbit.arch import arch_for, decoder_layers
+from lowbit.errors import LowbitError
 from lowbit.formats.ggml_activations import round_q8_0
-from lowbit.methods.ggml_grid import round_ggml
+from lowbit.formats.ggml_tensor import round_ggml
 from lowbit.pipeline.capture import capture_first_layer_inputs, layer_output
 from lowbit.transforms.smooth import scale_pair, search_smoothing, smoothing_scales
 from tiny import LINEARS, plant_outliers, tiny_llm  # noqa: F401
@@ -101,10 +102,18 @@ def test_walk_calls_the_transform_once_per_layer_with_its_inputs_even_for_rtn():
     def transform(layer, name, batches):
         seen.append((name, [(h.clone(), a, kw) for h, a, kw in batches]))
         return {"n": len(batches)}
+    transform.name = "spy"
 
-    result = quantize_model(model, spec, ids, transform=transform, batch_size=2)
-    assert [n for n, _ in seen] == ["model.layers.0", "model.layers.1"]
-    assert result.transforms == {"model.layers.0": {"n": 2}, "model.layers.1": {"n": 2}}
+    def second(layer, name, batches):  # transforms are a list, applied in order
+        seen.append(("second", name))
+        return {}
+    second.name = "second"
+
+    result = quantize_model(model, spec, ids, transforms=[transform, second], batch_size=2)
+    assert [s[0] for s in seen] == ["model.layers.0", "second", "model.layers.1", "second"]
+    seen = [s for s in seen if s[0] != "second"]
+    assert result.transforms == {"spy": {"model.layers.0": {"n": 2}, "model.layers.1": {"n": 2}},
+                                 "second": {"model.layers.0": {}, "model.layers.1": {}}}
     with torch.no_grad():
         for (h0, a, kw), (h1, _, _) in zip(seen[0][1], seen[1][1]):
             torch.testing.assert_close(h1, layer_output(model.model.layers[0](h0, *a, **kw)))
@@ -149,7 +158,7 @@ def test_smooth_on_for_an_integer_format_is_exact_on_disk_and_cuts_the_error(tmp
             spec = QuantSpec(method="rtn", bits=4, group_size=64, method_args={"smooth": smooth})
             s = lowbit.quantize(Loaded(load_model(str(src)).model, tiny_tok, str(src), "hf"), spec, calib=text,
                                 nsamples=8, seqlen=64)
-            assert ("smoothing" in s) == (smooth == "on")
+            assert bool(s["smoothing"]) == (smooth == "on")
             with torch.no_grad():
                 logits[smooth] = s["loaded"].model(ids).logits
             err[smooth] = float((logits[smooth] - flt).abs().mean())
@@ -162,3 +171,32 @@ def test_smooth_on_for_an_integer_format_is_exact_on_disk_and_cuts_the_error(tmp
     with torch.no_grad():
         back = load_model(str(out)).model(ids).logits
     torch.testing.assert_close(back, logits["on"], rtol=1e-3, atol=1e-3)
+
+
+def test_whole_model_transforms_run_before_the_walk_in_order():
+    """A whole-model transform (a rotation, later) changes the model before layer 0's inputs are
+    captured; a model read layer by layer refuses one that needs it whole."""
+    from lowbit.pipeline import quantize_model
+    from lowbit.spec import QuantSpec
+
+    spec = QuantSpec(method="rtn", bits=8, group_size=-1)
+    model = tiny_llm("llama")
+    order = []
+
+    def scale_embedding(m, calibration):
+        order.append("scale")
+        m.model.embed_tokens.weight.data.mul_(2)
+        return {"factor": 2}
+    scale_embedding.name = "scale"
+
+    def check(m, calibration):
+        order.append("check")
+        return {"after_scale": bool(order[0] == "scale")}
+    check.name = "check"
+
+    before = model.model.embed_tokens.weight.detach().clone()
+    result = quantize_model(model, spec, model_transforms=[scale_embedding, check])
+    assert order == ["scale", "check"] and result.transforms == {"scale": {"factor": 2}, "check": {"after_scale": True}}
+    assert torch.equal(model.model.embed_tokens.weight, 2 * before)
+    with pytest.raises(LowbitError, match="needs the whole model in memory"):
+        quantize_model(tiny_llm("llama"), spec, lazy=object(), model_transforms=[check])

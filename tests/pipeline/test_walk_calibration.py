@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from lowbit.calibration.observer import Observer
-from lowbit.formats import quantize_rtn
 from lowbit.methods.base import METHODS, Method, register_method
 from lowbit.pipeline import quantize_model, target_linears
 from lowbit.spec import QuantSpec
@@ -31,9 +30,9 @@ def spy_method():
         def observer(self, module, spec):
             return _Record()
 
-        def quantize(self, W, spec, observer=None):
+        def quantize(self, W, grid, spec, observer=None):
             seen[W.data_ptr()] = observer
-            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size)
+            return grid.rtn(W)
 
     yield seen
     METHODS.pop("spy")

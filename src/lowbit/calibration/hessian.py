@@ -47,3 +47,10 @@ class HessianObserver(Observer):
                 H[i + b:, i:i + b].copy_(H[i:i + b, i + b:].T)
             self._mirrored = True
         return self._upper
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a resumed run needs to continue (pipeline/layer_store.py extras)."""
+        return {"H": self.H, "n": torch.tensor([self.n], dtype=torch.int64)}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._upper, self._mirrored, self.n = state["H"].float().clone(), True, int(state["n"][0])

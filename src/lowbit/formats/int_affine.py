@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.formats.grid import Grid, register_grid
+from lowbit.formats.qtensor import QTensor, register_kind
+
 PER_CHANNEL = -1
 PER_TENSOR = 0
 MSE_GRID = 100  # shrink factors tried by the clipping search (as in GPTQ's reference)
@@ -157,14 +160,16 @@ def dequantize(q, scale, zero, g_idx: torch.Tensor) -> torch.Tensor:
     return (q.float() - _expand(zero, g_idx, out)) * _expand(scale, g_idx, out)
 
 
+@register_kind
 @dataclass
-class QuantizedTensor:
-    """Codes and grid of one (out, in) weight.
+class QuantizedTensor(QTensor):
+    """Codes and grid of one (out, in) weight on an integer affine grid.
 
     q (out, in) uint8 in [0, 2**bits); scale, zero (rows, ngroups) float32 where rows is
     out (or 1 for per-tensor); g_idx (in,) group of each column; zero == 2**(bits-1)
     everywhere when symmetric."""
 
+    kind = "int"
     q: torch.Tensor
     scale: torch.Tensor
     zero: torch.Tensor
@@ -184,6 +189,105 @@ class QuantizedTensor:
     def signed_codes(self) -> torch.Tensor:
         """q - 2**(bits-1) as int8: the signed storage of compressed-tensors."""
         return (self.q.to(torch.int16) - 2 ** (self.bits - 1)).to(torch.int8)
+
+    def stored_bytes(self) -> int:
+        """Codes at `bits`, a 16-bit scale per group (what GPTQ, AWQ and compressed-tensors
+        store for half-precision models), zero points at `bits` when asymmetric, and an int32
+        g_idx per column when groups follow act-order."""
+        out, inp = self.shape
+        groups = self.scale.numel()
+        bits = out * inp * self.bits + 16 * groups + (0 if self.symmetric else self.bits * groups)
+        return -(-bits // 8) + (4 * inp if self.act_order else 0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"q": self.q, "scale": self.scale, "zero": self.zero, "g_idx": self.g_idx}
+
+    def header(self) -> dict:
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
+                "act_order": self.act_order}
+
+    @classmethod
+    def from_state(cls, state, header):
+        return cls(state["q"], state["scale"], state["zero"], state["g_idx"], header["bits"],
+                   header["group_size"], header["symmetric"], header.get("act_order", False))
+
+    def describe(self) -> str:
+        g = {PER_CHANNEL: "per channel", PER_TENSOR: "per tensor"}.get(self.group_size, f"g{self.group_size}")
+        return f"int{self.bits} {g}" + ("" if self.symmetric else " asym")
+
+
+@dataclass
+class IntFit:
+    """An integer grid being fitted: scale, zero (rows, ngroups) and each column's group."""
+    scale: torch.Tensor
+    zero: torch.Tensor
+    g_idx: torch.Tensor
+    static: bool = False
+    _cols: tuple | None = None  # (in, rows) scale and zero of every column, for a static grid
+
+    def column(self, c: int):
+        if self.static:
+            if self._cols is None:
+                self._cols = (self.scale[:, self.g_idx].T.contiguous(), self.zero[:, self.g_idx].T.contiguous())
+            return self._cols[0][c], self._cols[1][c]
+        g = int(self.g_idx[c])
+        return self.scale[:, g], self.zero[:, g]
+
+
+class IntAffineGrid(Grid):
+    """w ~= (q - z) * s with q in [0, 2**bits): bits, group size (block), symmetric, the clipping
+    search (minmax | mse) and the dtype the format stores scales in."""
+    kind = "int"
+    reorderable = True
+
+    def __init__(self, bits: int, group_size: int, symmetric: bool = True, clip: str = "minmax",
+                 scale_dtype: str | None = None, dtype: torch.dtype = torch.float32):
+        self.bits, self.group_size, self.symmetric = bits, group_size, symmetric
+        self.clip, self.scale_dtype, self.dtype = clip, scale_dtype, dtype
+        self.block = group_size if group_size > 0 else 0
+        self.maxq = 2**bits - 1
+        self.rows_independent = group_size != PER_TENSOR  # one scale per tensor couples every row
+
+    def rtn(self, W, importance=None):
+        return quantize_rtn(W, self.bits, self.symmetric, self.group_size, self.clip, self.scale_dtype)
+
+    def fit(self, W, importance=None):
+        scale, zero = fit_grid(W, self.bits, self.symmetric, self.group_size, self.clip, self.scale_dtype)
+        return IntFit(scale, zero, column_groups(W.shape[1], self.group_size), static=True)
+
+    def empty(self, rows, cols):
+        ng = num_groups(cols, self.group_size)
+        scale = torch.zeros(rows if self.group_size != PER_TENSOR else 1, ng, dtype=self.dtype)
+        return IntFit(scale, torch.zeros_like(scale), column_groups(cols, self.group_size))
+
+    def fit_block(self, fitted, W_cols, block, cols, importance=None):
+        s, z = fit_grid(W_cols, self.bits, self.symmetric, PER_CHANNEL, self.clip, self.scale_dtype)
+        fitted.scale[:, block], fitted.zero[:, block] = s[:, 0], z[:, 0]
+        fitted.g_idx[cols] = block
+
+    def round_column(self, fitted, c, w):
+        s, z = fitted.column(c)
+        q = torch.clamp(torch.round(w / s) + z, 0, self.maxq)
+        return q, (q - z) * s
+
+    def encode(self, fitted, codes, reordered=False):
+        return QuantizedTensor(codes.to(torch.uint8), fitted.scale, fitted.zero, fitted.g_idx.clone(), self.bits,
+                               self.group_size, self.symmetric, act_order=reordered)
+
+    def join_rows(self, parts):
+        first = parts[0]
+        return QuantizedTensor(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]),
+                               torch.cat([p.zero for p in parts]), first.g_idx, self.bits, self.group_size,
+                               self.symmetric, first.act_order)
+
+    def describe(self):
+        return QuantizedTensor.describe(self)  # same fields: bits, group_size, symmetric
+
+
+@register_grid("int")
+def _int_grid(spec, auto_clip):
+    clip = auto_clip if spec.clip == "auto" else spec.clip
+    return IntAffineGrid(spec.bits, spec.group_size, spec.symmetric, clip, spec.scale_dtype)
 
 
 def quantize_rtn(W: torch.Tensor, bits: int, symmetric: bool = True, group_size: int = 128,

@@ -23,7 +23,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.formats import QuantizedTensor, column_groups
-from lowbit.io.gptq_v1 import anchored, module_settings, split_modules
+from lowbit.io.gptq_v1 import anchored, module_settings, split_modules, stored_bits
 from lowbit.spec import QuantSpec
 
 log = logging.getLogger(__name__)
@@ -161,4 +161,4 @@ def _detect(qconfig: dict) -> bool:
 from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("awq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors,
-                                 scale_dtype="float16"))
+                                 scale_dtype="float16", bits=(4,), stored_bits=stored_bits, title="AWQ GEMM"))

@@ -101,6 +101,10 @@ def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: 
 def _header_only(qt):
     """The attributes a quantization_config needs, without the codes (keeps memory flat)."""
     from dataclasses import replace
+    from types import SimpleNamespace
+
+    if qt.kind != "int":  # formats of other kinds read only the header
+        return SimpleNamespace(kind=qt.kind, **qt.header())
     # clone: an empty view would keep the whole storage of the codes alive (22 layers of a
     # 1.1B model held 1 GB that way while the output was written); g_idx too, which is small
     # but may share a storage with the rest of a layer file

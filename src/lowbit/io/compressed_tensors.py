@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 from lowbit.formats import QuantizedTensor, column_groups, pack_words, unpack_words
-from lowbit.io.file_checks import check_packed, check_safetensors
+from lowbit.io.file_checks import check_packed, check_safetensors, safetensors_shapes, stored_nbytes
 from lowbit.spec import QuantSpec
 
 FORMAT = "pack-quantized"
@@ -161,7 +161,27 @@ def _detect(qconfig: dict) -> bool:
     return qconfig.get("quant_method") == "compressed-tensors"
 
 
+CT_SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape")
+
+
+def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
+    """Bits per weight of the quantized Linears, from the stored tensors' sizes."""
+    stored = weights = 0
+    for f in sorted(path.glob("*.safetensors")):
+        head = safetensors_shapes(f)
+        shapes = [k for k in head if k.rpartition(".")[2] == "weight_shape"]
+        if not shapes:
+            continue
+        with safe_open(str(f), framework="pt") as fh:
+            for k in shapes:
+                out, inp = (int(v) for v in fh.get_tensor(k).tolist())
+                weights += out * inp
+        stored += 8 * sum(stored_nbytes(*head[k]) for k in head if k.rpartition(".")[2] in CT_SUFFIXES)
+    return stored / weights if weights else None
+
+
+
 from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("compressed-tensors", fit_layout, pack_tensor, quantization_config,
-                                 _detect, read_tensors))
+                                 _detect, read_tensors, stored_bits=stored_bits))

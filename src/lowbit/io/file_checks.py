@@ -281,3 +281,19 @@ def disk_full_errors(out):
             raise
         raise LowbitError(f"the disk is full while writing {out} (no space left on device; nothing was "
                           "left at OUT): free space or choose another -o") from None
+
+
+def safetensors_shapes(f: Path) -> dict[str, tuple[str, list]]:
+    """{name: (dtype, shape)} from a safetensors header (bounds-checked first), no tensor read."""
+    check_safetensors(f)
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        head = json.loads(fh.read(n))
+    return {k: (v["dtype"], v["shape"]) for k, v in head.items() if k != "__metadata__"}
+
+
+def stored_nbytes(dtype: str, shape) -> int:
+    """Bytes of a tensor of a safetensors dtype and shape."""
+    from lowbit.io.st_dtypes import ELEMENT_BYTES
+
+    return ELEMENT_BYTES[dtype] * math.prod(int(d) for d in shape)

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from lowbit.errors import LowbitError
 from lowbit.formats import QuantizedTensor
 from lowbit.spec import QuantSpec
 
@@ -27,6 +28,32 @@ class CheckpointFormat:
     # dtype the files store scales in ("float16"); None: the model's dtype (float32 when lowbit
     # loads a model), which is the walk's own precision
     scale_dtype: str | None = None
+    # what the format stores: quantized-tensor kinds (formats/qtensor.py), code widths, and
+    # whether groups may follow act-order (a per-column g_idx); asked by quantize before loading,
+    # by export and by the CLI instead of tables of their own
+    holds: tuple[str, ...] = ("int",)
+    bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    g_idx: bool = False
+    # (directory, quantization_config) -> stored bits per quantized weight, from tensor sizes
+    stored_bits: Callable[[Path, dict], float | None] | None = None
+    title: str = ""  # how messages name it ("AWQ GEMM"); default: the name
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
+
+    def check_spec(self, spec: QuantSpec) -> None:
+        """One-line error, before any loading, for a grid or width this format cannot store."""
+        grids = {spec.for_module(p).grid for p, _ in spec.overrides} | {spec.grid}
+        for grid in sorted(grids):
+            if grid not in self.holds:
+                raise LowbitError(f"{self.label} does not store the {grid} grid (it holds {', '.join(self.holds)}): "
+                                  f"use --grid {self.holds[0]}, or another --format")
+        widths = {spec.for_module(p).bits for p, _ in spec.overrides} | {spec.bits}
+        for b in sorted(widths):
+            if spec.grid == "int" and b not in self.bits:
+                raise LowbitError(f"{self.label} stores {', '.join(map(str, self.bits))}-bit codes, not {b}: "
+                                  f"use --bits {self.bits[-1] if b > self.bits[-1] else self.bits[0]} or another --format")
 
     def fit(self, name: str, spec: QuantSpec, shape: tuple) -> QuantSpec:
         """fit_layout, plus the scale dtype: the spec the walk quantizes with, so that what it

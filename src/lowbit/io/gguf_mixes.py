@@ -154,8 +154,10 @@ def tensor_type(gguf_name: str, shape, ftype: str, m: MixModel) -> T:
 def _from_model(model: torch.nn.Module) -> tuple[dict[str, tuple], object]:
     shapes = {}
     seen = {}
-    for name, t in model.state_dict().items():
-        key = (t.data_ptr(), tuple(t.shape))
+    for name, t in model.state_dict(keep_vars=True).items():
+        # tied tensors are one object; on the meta device (a layer-by-layer model) that is all
+        # that tells them apart, since every meta tensor has data pointer 0
+        key = id(t) if t.is_meta else (t.data_ptr(), tuple(t.shape))
         if t.numel() and key in seen:  # tied lm_head: the file holds token_embd only
             continue
         seen[key] = name

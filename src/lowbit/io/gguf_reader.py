@@ -154,6 +154,29 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
     return model.eval(), tokenizer
 
 
+def gguf_facts(path) -> dict:
+    """What a GGUF file says of itself: its llama.cpp file type ("Q4_K_M"), how many tensors of
+    each GGML type it holds, and what lowbit recorded of its making (lowbit.base_model,
+    lowbit.spec, lowbit.calibration), so eval finds the base to compare with."""
+    import json
+
+    r = open_gguf(path)
+    ftype = _meta(r, "general.file_type")
+    try:
+        ftype_name = gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_") if ftype is not None else None
+    except ValueError:
+        ftype_name = str(ftype)
+    types: dict[str, int] = {}
+    for t in r.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    facts = {"gguf_type": ftype_name, "tensor_types": dict(sorted(types.items()))}
+    for key in ("base_model", "spec", "calibration"):
+        value = _meta(r, f"lowbit.{key}")
+        if value is not None:
+            facts[key] = json.loads(value) if key != "base_model" else value
+    return facts
+
+
 _DIGITS_FIRST = {"smollm": True, "gpt-2": False}  # llama.cpp pre-tokenizers that are GPT-2's regex (+ digits)
 
 

@@ -22,6 +22,7 @@ from lowbit import __version__
 from lowbit.compat import rope_scaling, rope_theta
 from lowbit.errors import LowbitError
 from lowbit.formats import ggml_blocks
+from lowbit.formats.ggml_tensor import GGMLTensor
 from lowbit.io.atomic import check_output
 from lowbit.io.gguf_mixes import parse_file_type, plan_types, row_bytes
 from lowbit.io.gguf_names import gguf_arch, gguf_names, permute_qk, qk_heads
@@ -32,13 +33,16 @@ Blocks = dict[str, tuple[np.ndarray, T]]
 
 def write_gguf(out_path, model, tokenizer, file_type: str = "Q4_K_M", blocks: Blocks | None = None,
                importance: dict[str, np.ndarray] | None = None, overwrite: bool = False,
-               source_gguf: Path | None = None) -> Path:
+               source_gguf: Path | None = None, tensor=None, metadata: dict | None = None) -> Path:
     """Write `model` (HF, float) as OUT_PATH in llama.cpp file type `file_type` ("Q4_K_M", "Q8_0", ...).
 
     blocks: {hf_name: (uint8 (rows, bytes_per_row) in HF row order, type)} used as is.
     importance: {hf_name: float (cols,)} passed to the block quantizer.
     source_gguf: a GGUF the model was loaded from; its tokenizer metadata is copied
-    (exact tokens, merges, pre-tokenizer and flags, which an HF round trip may lose)."""
+    (exact tokens, merges, pre-tokenizer and flags, which an HF round trip may lose).
+    tensor(hf_name) -> a float tensor or a GGMLTensor (exact blocks), asked for one at a time in
+    the file's order (a layer-by-layer run reads them back from its layer store); default: the
+    model's own tensors. metadata: {key: str} written as "lowbit.KEY" (base model, spec)."""
     out = Path(out_path)
     check_output(out, overwrite)
     ftype, _ = parse_file_type(file_type)
@@ -51,13 +55,16 @@ def write_gguf(out_path, model, tokenizer, file_type: str = "Q4_K_M", blocks: Bl
     if unknown:
         raise LowbitError(f"blocks name tensors the file does not hold ({sorted(unknown)[0]}): "
                           "key blocks by the HF names plan_types() returns")
-    state = model.state_dict()
+    state = model.state_dict()  # shapes (meta tensors too); data through `tensor` when given
+    get = tensor if tensor is not None else state.__getitem__
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # same directory: the rename is atomic
     try:
         w = gguf.GGUFWriter(tmp, arch)
         _add_model_metadata(w, model, arch, ftype)
+        for key, value in (metadata or {}).items():
+            w.add_string(f"lowbit.{key}", str(value))
         if source_gguf is not None:
             _copy_tokenizer(w, Path(source_gguf))
         else:
@@ -77,7 +84,7 @@ def write_gguf(out_path, model, tokenizer, file_type: str = "Q4_K_M", blocks: Bl
         w.write_ti_data_to_file()
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         for hf_name, g_name in names.items():
-            data, _ = _tensor_bytes(hf_name, state[hf_name], types[hf_name], blocks, importance)
+            data, _ = _tensor_bytes(hf_name, get(hf_name), types[hf_name], blocks, importance, tuple(state[hf_name].shape))
             heads = qk_heads(arch, g_name, cfg.num_attention_heads, n_kv)
             w.write_tensor_data(permute_qk(data, heads) if heads is not None else data)
         for _, data in extra:
@@ -100,12 +107,19 @@ def _add_info(w: gguf.GGUFWriter, name: str, shape: tuple, qtype: T) -> None:
         w.add_tensor_info(name, (rows, row_bytes(qtype, cols)), np.dtype(np.uint8), nbytes, raw_dtype=qtype)
 
 
-def _tensor_bytes(hf_name, tensor: torch.Tensor, qtype: T, blocks: Blocks, importance):
-    """(array, type): float32/float16 arrays for float types, uint8 rows for block types."""
+def _tensor_bytes(hf_name, tensor, qtype: T, blocks: Blocks, importance, shape: tuple):
+    """(array, type): float32/float16 arrays for float types, uint8 rows for block types.
+    tensor: a float tensor, or a GGMLTensor whose blocks are used as they are."""
+    if isinstance(tensor, GGMLTensor) and T(tensor.qtype) not in ggml_blocks.FLOAT_TYPES:
+        blocks = {hf_name: (tensor.blocks, tensor.qtype)}
+    elif isinstance(tensor, GGMLTensor):
+        tensor = tensor.values
     if hf_name in blocks:
         data, given = blocks[hf_name]
         given = T(given)
-        rows, cols = tensor.shape
+        if given != qtype:
+            raise LowbitError(f"blocks for {hf_name} are {given.name}, the file declares {qtype.name}: re-quantize it")
+        rows, cols = shape
         if data.dtype != np.uint8 or data.shape != (rows, row_bytes(given, cols)):
             raise LowbitError(f"blocks for {hf_name} have shape {data.shape} {data.dtype}, expected "
                               f"uint8 {(rows, row_bytes(given, cols))} for {given.name}: re-quantize that tensor")

@@ -34,7 +34,7 @@ from safetensors import safe_open
 from lowbit.errors import LowbitError
 from lowbit.formats.packing import pack_stream, unpack_stream
 from lowbit.formats import QuantizedTensor, column_groups
-from lowbit.io.file_checks import check_safetensors
+from lowbit.io.file_checks import check_safetensors, safetensors_shapes, stored_nbytes
 from lowbit.spec import QuantSpec
 
 log = logging.getLogger(__name__)
@@ -215,9 +215,37 @@ def _config_v2(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
     return quantization_config(tensors, ignore, checkpoint_format="gptq_v2")
 
 
+def stored_bits(path: Path, qconfig: dict) -> float | None:
+    """Bits per weight of the quantized Linears (GPTQ v1/v2 and AWQ GEMM), from the stored tensors."""
+    method = str(qconfig.get("quant_method", "")).lower()
+
+    suffixes = ("qweight", "qzeros", "scales", "g_idx")
+    modules: dict[str, dict[str, tuple]] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        for k, v in safetensors_shapes(f).items():
+            mod, _, suffix = k.rpartition(".")
+            if suffix in suffixes:
+                modules.setdefault(mod, {})[suffix] = v
+    stored = weights = 0
+    for mod, t in modules.items():
+        if "qweight" not in t or "scales" not in t:
+            continue
+        out = t["scales"][1][1]
+        if method == "awq":  # qweight (in, out / 8)
+            inp = t["qweight"][1][0]
+        elif "g_idx" in t:
+            inp = t["g_idx"][1][0]
+        else:  # qweight (ceil(in * bits / 32), out): a whole number of words
+            settings = module_settings(mod, qconfig) or {}
+            inp = t["qweight"][1][0] * WORD // int(settings.get("bits") or 4)
+        weights += out * inp
+        stored += 8 * sum(stored_nbytes(*v) for v in t.values())
+    return stored / weights if weights else None
+
+
 from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("gptq", fit_layout, pack_tensor, quantization_config, _detect, read_tensors,
-                                 scale_dtype="float16"))
+                                 scale_dtype="float16", bits=BITS, g_idx=True, stored_bits=stored_bits))
 register_format(CheckpointFormat("gptq-v2", fit_layout, _pack_v2, _config_v2, _detect_v2, read_tensors,
-                                 scale_dtype="float16"))
+                                 scale_dtype="float16", bits=BITS, g_idx=True, stored_bits=stored_bits))

@@ -38,9 +38,10 @@ def load_model(name: str | None = None, allow_pickle: bool = False, dtype=torch.
             raise LowbitError(f"GGUF file {path} does not exist: check the path")
         with file_checks.reading(path):  # hostile files: bounds-check first, then one-line errors
             file_checks.check_model_file(path, dtype.itemsize)
-            from lowbit.io.gguf_reader import read_gguf
+            from lowbit.io.gguf_reader import gguf_facts, read_gguf
             model, tok = read_gguf(path, dtype)
-        return Loaded(model, tok, str(path.resolve()), "gguf")
+            facts = gguf_facts(path)
+        return Loaded(model, tok, str(path.resolve()), "gguf", meta=facts)
     if path.is_dir():
         with file_checks.reading(path):
             return _load_hf_dir(path, allow_pickle, dtype)

@@ -7,7 +7,7 @@ import torch
 
 from lowbit.calibration.observer import Observer
 from lowbit.errors import LowbitError
-from lowbit.formats import QuantizedTensor
+from lowbit.formats import Grid, QTensor
 from lowbit.spec import QuantSpec
 
 METHODS: dict[str, type["Method"]] = {}
@@ -17,14 +17,16 @@ class Method:
     name: ClassVar[str]
     needs_calibration: ClassVar[bool] = False
     options: ClassVar[type | None] = None  # frozen dataclass of the method's spec.method_args keys
+    auto_clip: ClassVar[str] = "minmax"  # what clip "auto" means on integer grids for this method
 
     def observer(self, module: torch.nn.Linear, spec: QuantSpec) -> Observer | None:
         """Statistics this method needs for `module` (None: weights alone suffice)."""
         return None
 
-    def quantize(self, W: torch.Tensor, spec: QuantSpec,
-                 observer: Observer | None = None) -> QuantizedTensor:
-        """Codes for W (out, in) under `spec` (its group size already fits the format)."""
+    def quantize(self, W: torch.Tensor, grid: Grid, spec: QuantSpec,
+                 observer: Observer | None = None) -> QTensor:
+        """Codes for W (out, in) on `grid` (formats/grid.py: resolved by the walk from the spec the
+        output format fitted); spec carries the method's options (spec.method_args)."""
         raise NotImplementedError
 
 

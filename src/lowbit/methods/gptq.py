@@ -1,13 +1,19 @@
 """GPTQ (Frantar et al., 2022): quantize columns one at a time and spread each column's
 error over the columns not yet quantized, weighted by the inverse Hessian of the layer's
-squared output error. Lazy block updates keep the work in matrix products.
+squared output error, on whatever grid the walk hands it (the solver is
+methods/gptq_solver.gptq_on_grid; this file only maps options to it).
 
-Options (spec.method_args): damp_percent (0.01 of mean diag H), block_size (128),
-act_order (columns by decreasing diag H; groups then follow that order and g_idx is
-written), static_groups (grids fixed from the unquantized weights in natural order, so with
-act_order the group of a column stays column // G and no g_idx is needed).
-Defaults: act_order with static groups (the quality of act-order, the plain layout and
-fast kernels of natural groups); spec.clip "auto" means an MSE clipping search.
+Options (spec.method_args): damp_percent (0.01 of mean diag H), block_size (128; 256 on GGML
+blocks), act_order (columns by decreasing diag H; on integer grids without static groups the
+groups then follow that order and g_idx is written), static_groups (grids fixed from the
+unquantized weights in natural order, so with act_order the group of a column stays
+column // G and no g_idx is needed). Defaults: act_order with static groups (the quality of
+act-order, the plain layout and fast kernels of natural groups); spec.clip "auto" means an MSE
+clipping search. On llama.cpp's blocks ggml_order picks the column order instead (auto: static
+on the 32-column types, act-order inside each block on the 256-column k-quants,
+docs/design/gguf_gptq.md), and gguf_solver "imatrix" is llama.cpp's importance-weighted rounding
+with our calibration statistics (the ablation without error compensation). NF4 grids are fitted
+up front (static) because double quantization couples the scales of many blocks.
 """
 from __future__ import annotations
 
@@ -18,10 +24,11 @@ from typing import ClassVar
 import torch
 
 from lowbit.calibration.hessian import HessianObserver
-from lowbit.formats import QuantizedTensor, column_groups, fit_grid, quantize_codes, quantize_rtn
+from lowbit.formats import IntAffineGrid, QuantizedTensor
+from lowbit.formats.ggml_tensor import GGMLGrid, GGMLTensor
 from lowbit.methods.base import Method, register_method
+from lowbit.methods.gptq_solver import HessianFactor, gptq_by_rows, gptq_on_grid, hessian_factor
 from lowbit.options import options_of
-from lowbit.methods.gptq_solver import HessianFactor, hessian_factor, prepare, solve_columns  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -39,71 +46,47 @@ class GPTQOptions:
     CHOICES: ClassVar[dict] = {"gguf_solver": ("gptq", "imatrix"), "ggml_order": ("auto", "group", "static", "none")}
 
 
+def importance_from_hessian(H: torch.Tensor) -> torch.Tensor:
+    """llama.cpp's imatrix semantics, the mean squared input per column: diag(H) / 2 for
+    H = 2 X^T X / n (calibration/hessian.py)."""
+    return (torch.diag(H).double() / 2).clamp_min(0).float()
+
+
+def column_plan(grid, o: GPTQOptions) -> tuple[bool, str]:
+    """(act_order, fit) for gptq_on_grid from the options, on this grid."""
+    if grid.kind == "ggml":  # measured per block size (docs/design/gguf_gptq.md)
+        order = o.ggml_order
+        if order == "auto":
+            order = "static" if grid.block == 32 else "group"
+        return {"static": (True, "static"), "group": (True, "block"), "none": (False, "block")}[order]
+    if o.static_groups or grid.block == 0:
+        return o.act_order, "static"
+    return o.act_order, "reordered" if o.act_order else "block"
+
+
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, symmetric: bool, group_size: int,
                   clip: str = "minmax", damp_percent: float = 0.01, block_size: int = 128,
                   act_order: bool = False, static_groups: bool = False, scale_dtype: str | None = None,
                   dtype: torch.dtype = torch.float32, factor: HessianFactor | None = None) -> QuantizedTensor:
-    """W (out, in), H (in, in) -> QuantizedTensor on a grid chosen as each group is reached.
-    The solve runs in `dtype` (float32; the inverse Hessian is formed in float64); scales are
-    rounded to `scale_dtype` (what the output format stores) as each grid is fitted.
-    factor: hessian_factor(H, damp_percent, act_order) when already computed."""
-    out, inp = W.shape
-    if factor is None:
-        factor = hessian_factor(H, damp_percent, act_order, dtype)
-    W = W.to(dtype).clone()
-    W[:, factor.dead] = 0  # their weights do not matter
-    maxq = 2**bits - 1
+    """GPTQ on an integer affine grid (the classic case): W (out, in), H (in, in). The solve runs
+    in `dtype` (float32; the inverse Hessian is formed in float64); scales are rounded to
+    `scale_dtype` (what the output format stores) as each grid is fitted."""
+    grid = IntAffineGrid(bits, group_size, symmetric, clip, scale_dtype, dtype)
+    o = GPTQOptions(act_order=act_order, static_groups=static_groups)
+    act, fit = column_plan(grid, o)
+    return gptq_on_grid(W, H, grid, act_order=act, fit=fit, damp_percent=damp_percent,
+                        block_size=block_size, dtype=dtype, factor=factor)
 
-    grouped = group_size > 0
-    if grouped:
-        # blocks hold whole groups, so a group's grid is fitted on fully updated weights
-        block_size = max(group_size, (block_size // group_size) * group_size)
-    static = None
-    if not grouped or static_groups:
-        static = fit_grid(W, bits, symmetric, group_size, clip, scale_dtype)  # (rows, ngroups) each
 
-    perm, U = factor.perm, factor.U  # U: (in, in) upper factor of H^-1, in processing order
-    if perm is not None:
-        W = W[:, perm]
-
-    ng = -(-inp // group_size) if grouped else 1
-    scale = torch.zeros(out if group_size != 0 else 1, ng, dtype=dtype)
-    zero = torch.zeros_like(scale)
-    if static is not None:
-        scale, zero = static
-    natural_groups = column_groups(inp, group_size)
-    col_group = natural_groups[perm] if perm is not None else natural_groups  # group of each processed col
-    if grouped and not static_groups:
-        col_group = torch.arange(inp) // group_size  # groups follow the processing order
-
-    if static is not None:
-        col_scale = scale[:, col_group].T.contiguous()  # (in, rows) grid of each processed column
-        col_zero = zero[:, col_group].T.contiguous()
-    current = {}  # the grid of the group being quantized (dynamic groups)
-
-    def round_column(j: int, WT: torch.Tensor) -> torch.Tensor:
-        if static is not None:
-            s, z = col_scale[j], col_zero[j]
-        else:
-            if j % group_size == 0:  # a new group: its grid from the weights as updated so far
-                g = int(col_group[j])
-                gs, gz = fit_grid(WT[j:j + group_size].T, bits, symmetric, -1, clip, scale_dtype)
-                scale[:, g], zero[:, g] = gs[:, 0], gz[:, 0]
-                current["s"], current["z"] = gs[:, 0], gz[:, 0]
-            s, z = current["s"], current["z"]
-        return (torch.clamp(torch.round(WT[j] / s) + z, 0, maxq) - z) * s
-
-    Q = solve_columns(W.T.contiguous(), U, block_size, round_column).T
-
-    if perm is not None:
-        inv = torch.argsort(perm)
-        Q = Q[:, inv]
-        g_idx = col_group[inv]
-    else:
-        g_idx = col_group
-    codes = quantize_codes(Q, scale, zero, bits, g_idx)  # Q lies on the grid: exact
-    reordered = bool(act_order and grouped and not static_groups)
-    return QuantizedTensor(codes, scale, zero, g_idx, bits, group_size, symmetric, act_order=reordered)
+def gptq_ggml(W: torch.Tensor, H: torch.Tensor, qtype, damp_percent: float = 0.01,
+              block_size: int = 256, order: str = "auto") -> GGMLTensor:
+    """GPTQ on llama.cpp's block grid of `qtype` (order: auto | group | none | static)."""
+    grid = GGMLGrid(qtype)
+    if grid.is_float:
+        return grid.rtn(W)
+    act, fit = column_plan(grid, GPTQOptions(ggml_order=order))
+    return gptq_on_grid(W, H, grid, act_order=act, fit=fit, damp_percent=damp_percent, block_size=block_size,
+                        importance=importance_from_hessian(H))
 
 
 @register_method
@@ -111,24 +94,26 @@ class GPTQ(Method):
     name = "gptq"
     needs_calibration = True
     options = GPTQOptions
+    auto_clip = "mse"
 
     def observer(self, module, spec):
         return HessianObserver(module.in_features, module.weight.device)
 
-    def quantize(self, W, spec, observer=None):
-        if spec.ggml_type is not None:  # a GGUF tensor: GPTQ on llama.cpp's block grids
-            from lowbit.methods.ggml_grid import quantize_on_ggml_grid
-            return quantize_on_ggml_grid(W, spec, observer)
-        clip = "mse" if spec.clip == "auto" else spec.clip
+    def quantize(self, W, grid, spec, observer=None):
+        if getattr(grid, "is_float", False):  # a GGUF tensor kept in F16/F32: nothing to choose
+            return grid.rtn(W)
         if observer is None or observer.n == 0:
             log.warning("no calibration inputs reached this layer: using round-to-nearest")
-            return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip, spec.scale_dtype)
+            return grid.rtn(W)
         o = options_of(GPTQOptions, spec.method_args)
-        damp, act_order = o.damp_percent, o.act_order
+        if o.gguf_solver == "imatrix":
+            return grid.rtn(W, importance_from_hessian(observer.H))
+        act_order, fit = column_plan(grid, o)
+        order_block = grid.block if fit == "block" and grid.block else 0
+        key = (o.damp_percent, act_order, order_block)
         factors = observer.__dict__.setdefault("gptq_factors", {})  # shared input, shared factor
-        if (damp, act_order) not in factors:
-            factors[damp, act_order] = hessian_factor(observer.H, damp, act_order)
-        return gptq_quantize(W, observer.H, spec.bits, spec.symmetric, spec.group_size, clip,
-                             damp_percent=damp, block_size=o.block_size or 128, act_order=act_order,
-                             static_groups=o.static_groups, scale_dtype=spec.scale_dtype,
-                             factor=factors[damp, act_order])
+        if key not in factors:
+            factors[key] = hessian_factor(observer.H, o.damp_percent, act_order, order_block=order_block)
+        return gptq_by_rows(W, observer.H, grid, act_order=act_order, fit=fit, damp_percent=o.damp_percent,
+                            block_size=o.block_size or grid.solve_block, factor=factors[key],
+                            importance=importance_from_hessian(observer.H) if grid.kind == "ggml" else None)

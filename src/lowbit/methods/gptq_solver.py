@@ -1,9 +1,10 @@
 """GPTQ's solver, for any grid (Frantar et al., 2022): the Hessian factor (dead inputs,
-act-order permutation, upper Cholesky factor of the dampened inverse) and the column loop with
-lazy block updates. methods/gptq.py runs it on integer grids, methods/ggml_grid.py on
-llama.cpp's block grids; a method on another grid hands solve_columns its own rounding."""
+act-order permutation, upper Cholesky factor of the dampened inverse), the column loop with
+lazy block updates, and gptq_on_grid, which runs them on whatever grid it is handed
+(formats/grid.py): integer affine, llama.cpp's blocks, NF4, and any grid added later."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -70,18 +71,27 @@ class HessianFactor:
     U: torch.Tensor               # (in, in)
 
 
+def column_order(d: torch.Tensor, order_block: int = 0) -> torch.Tensor:
+    """Act-order: columns by decreasing Hessian diagonal d, over the whole row (order_block 0)
+    or inside each block of order_block contiguous columns (a block grid keeps its layout)."""
+    if order_block <= 0:
+        return torch.argsort(d, descending=True, stable=True)
+    starts = range(0, d.numel(), order_block)  # a last, partial block is ordered on its own
+    return torch.cat([s + torch.argsort(d[s:s + order_block], descending=True, stable=True) for s in starts])
+
+
 def hessian_factor(H: torch.Tensor, damp_percent: float = 0.01, act_order: bool = False,
-                   dtype: torch.dtype = torch.float32) -> HessianFactor:
+                   dtype: torch.dtype = torch.float32, order_block: int = 0) -> HessianFactor:
     H, dead = live_hessian(H, dtype)
     perm = None
     if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
+        perm = column_order(torch.diag(H), order_block)
         H = H[perm][:, perm]
     return HessianFactor(dead, perm, inverse_cholesky(H, damp_percent).to(dtype))
 
 
 def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
-                  round_column: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                  round_column: Callable[[int, torch.Tensor], torch.Tensor], keep: bool = True) -> torch.Tensor | None:
     """GPTQ's column loop with lazy block updates, for any grid.
 
     WT (in, out): the weights in processing order, transposed so that column j of W is the
@@ -90,9 +100,10 @@ def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
     updated in place. U (in, in): upper Cholesky factor of H^-1 in the same order.
     round_column(j, WT) -> (out,) the quantized values of row j; it may fit a grid on rows
     WT[j:j + g] first, which hold every update so far when block_size is a multiple of g
-    and j is a multiple of g. Returns QT (in, out), the quantized rows."""
+    and j is a multiple of g. Returns QT (in, out), the quantized rows (keep=False: None, for a
+    caller that keeps the codes itself and need not hold a second copy of the matrix)."""
     inp, out = WT.shape
-    QT = torch.empty_like(WT)
+    QT = torch.empty_like(WT) if keep else None
     for i1 in range(0, inp, block_size):
         i2 = min(i1 + block_size, inp)
         E1 = torch.empty(i2 - i1, out, dtype=WT.dtype)  # scaled errors of the block's columns
@@ -101,7 +112,8 @@ def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
             j = i1 + i
             w = WT[j]
             q = round_column(j, WT)
-            QT[j] = q
+            if keep:
+                QT[j] = q
             err = (w - q) / U1[i, i]
             E1[i] = err
             if i + 1 < i2 - i1:
@@ -109,3 +121,105 @@ def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
         if i2 < inp:
             WT[i2:].addmm_(U[i1:i2, i2:].T, E1, alpha=-1)
     return QT
+
+
+FITS = ("static", "block", "reordered")
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """The column loop is thousands of small calls: on grids that round a column with numpy, a
+    second thread only waits for the other core, which another process may hold."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def effective_fit(grid, fit: str, act_order: bool) -> str:
+    """The fit a grid allows: static for grids fitted up front only or one grid per row;
+    "reordered" (groups follow act-order, a g_idx) only where the grid records one."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    if grid.static_only or grid.block == 0:
+        return "static"
+    if fit == "reordered" and not act_order:
+        return "block"
+    if fit == "reordered" and not grid.reorderable:
+        raise ValueError("this grid's blocks hold contiguous columns: use fit 'block' or 'static'")
+    return fit
+
+
+def gptq_on_grid(W: torch.Tensor, H: torch.Tensor, grid, *, act_order: bool = True, fit: str = "static",
+                 damp_percent: float = 0.01, block_size: int = 128, dtype: torch.dtype = torch.float32,
+                 factor: HessianFactor | None = None, importance: torch.Tensor | None = None):
+    """GPTQ of W (out, in) with Hessian H (in, in) on `grid`; returns the grid's quantized tensor.
+
+    fit "static": every grid fitted up front from the unquantized weights (GPTQ's static
+    groups; with act_order the columns still go by decreasing diag H); "block": each block's
+    grid fitted when the loop reaches it, on the weights as updated so far (act_order then
+    orders columns inside each block, so the grid keeps its layout); "reordered": groups are
+    consecutive columns in act-order, recorded as g_idx (integer grids). importance (in,):
+    per-column weights for grids that fit with them (llama.cpp's imatrix semantics).
+    factor: hessian_factor(H, damp_percent, act_order, dtype, order_block) when already known."""
+    out, inp = W.shape
+    fit = effective_fit(grid, fit, act_order)
+    G = grid.block if grid.block else inp
+    order_block = G if fit == "block" else 0
+    if factor is None:
+        factor = hessian_factor(H, damp_percent, act_order, dtype, order_block)
+    W = W.to(dtype).clone()
+    W[:, factor.dead] = 0  # their weights do not matter
+    perm = factor.perm if factor.perm is not None else torch.arange(inp)
+    if grid.block:  # lazy blocks hold whole grid blocks: a grid is fitted on fully updated weights
+        block_size = max(G, (block_size // G) * G)
+    fitted = grid.fit(W, importance) if fit == "static" else grid.empty(out, inp)
+    codes = torch.zeros(out, inp, dtype=torch.uint8)
+    order = perm.tolist()
+
+    def round_column(j: int, WT: torch.Tensor) -> torch.Tensor:
+        if fit != "static" and j % G == 0:
+            b, cols = j // G, perm[j:j + G]
+            if fit == "block":  # the block's columns back in their natural order
+                Wb = torch.empty(out, cols.numel(), dtype=WT.dtype)
+                Wb[:, cols - j] = WT[j:j + G].T
+                imp = importance[j:j + G] if importance is not None else None
+                grid.fit_block(fitted, Wb, b, torch.arange(j, j + cols.numel()), imp)
+            else:
+                grid.fit_block(fitted, WT[j:j + G].T, b, cols)
+        c = order[j]
+        q, value = grid.round_column(fitted, c, WT[j])
+        codes[:, c] = q
+        return value.to(WT.dtype)
+
+    WT = W[:, perm].T.contiguous()
+    del W  # one working copy of the matrix, not two
+    with _threads(grid.threads):
+        solve_columns(WT, factor.U, block_size, round_column, keep=False)
+    del WT
+    return grid.encode(fitted, codes, reordered=fit == "reordered")
+
+
+ROW_CHUNK = 1 << 24  # weights per GPTQ solve of a very large matrix (a 49k-token head: 8192 rows at a time)
+
+
+def gptq_by_rows(W: torch.Tensor, H: torch.Tensor, grid, **kw):
+    """gptq_on_grid on blocks of rows of a matrix with more than ROW_CHUNK weights, joined: output
+    rows are solved independently (they share only H), so on a grid whose rows are independent
+    too this bounds the working memory to a block of rows. Other grids (NF4's double quantization,
+    a per-tensor scale) get one solve."""
+    out, inp = W.shape
+    if out * inp <= ROW_CHUNK or not grid.rows_independent:
+        return gptq_on_grid(W, H, grid, **kw)
+    if kw.get("factor") is None:
+        kw["factor"] = hessian_factor(H, kw.get("damp_percent", 0.01), kw.get("act_order", True),
+                                      kw.get("dtype", torch.float32),
+                                      grid.block if effective_fit(grid, kw.get("fit", "static"),
+                                                                  kw.get("act_order", True)) == "block" else 0)
+    rows = max(1, ROW_CHUNK // inp)
+    return grid.join_rows([gptq_on_grid(W[r:r + rows], H, grid, **kw) for r in range(0, out, rows)])

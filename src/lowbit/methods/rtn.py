@@ -1,7 +1,7 @@
-"""Round-to-nearest: each weight to the nearest point of its group's grid."""
+"""Round-to-nearest: each weight to the nearest point of its grid, as the grid defines it
+(integer affine: min-max range; GGML blocks: llama.cpp's own rounding; NF4: bitsandbytes')."""
 from __future__ import annotations
 
-from lowbit.formats import quantize_rtn
 from lowbit.methods.base import Method, register_method
 
 
@@ -9,9 +9,5 @@ from lowbit.methods.base import Method, register_method
 class RTN(Method):
     name = "rtn"
 
-    def quantize(self, W, spec, observer=None):
-        if spec.ggml_type is not None:  # a GGUF tensor: llama.cpp's own rounding on its block grids
-            from lowbit.methods.ggml_grid import quantize_on_ggml_grid
-            return quantize_on_ggml_grid(W, spec, observer)
-        clip = "minmax" if spec.clip == "auto" else spec.clip  # the classic baseline
-        return quantize_rtn(W, spec.bits, spec.symmetric, spec.group_size, clip, spec.scale_dtype)
+    def quantize(self, W, grid, spec, observer=None):
+        return grid.rtn(W)

@@ -2,8 +2,10 @@
 
 work dir (beside OUT, never inside it):
   run.json                 what the run is (model, spec, calibration): resume refuses another run
-  layer-00007.safetensors  codes and grids of layer 7's quantized Linears, and the layer's
-                           other tensors (norms, biases) as they are after quantizing
+  layer-00007.safetensors  the quantized tensors of layer 7's Linears, any kind (their named
+                           tensors and header, formats/qtensor.py), and the layer's other
+                           tensors (norms, biases) as they are after quantizing
+  extra-NAME.safetensors   state the caller keeps beside the layers (the head's statistics)
   acts-00007/              the calibration activations after layer 7, a file per batch
                            (only the newest kept)
   spill/                   activations past the memory budget (pipeline/activations.py)
@@ -26,11 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lowbit.errors import LowbitError
-from lowbit.formats import QuantizedTensor
+from lowbit.formats import QTensor, from_named, to_named
 
 log = logging.getLogger(__name__)
 note = logging.getLogger("lowbit.note")  # what a user should know (the CLI shows it)
-_QT_FIELDS = ("q", "scale", "zero", "g_idx")
 
 
 def work_dir_for(out: Path) -> Path:
@@ -109,15 +110,14 @@ class LayerStore:
         return self.dir / f"layer-{i:05d}.safetensors"
 
     # --- writing ------------------------------------------------------------------------
-    def save_layer(self, i: int, tensors: dict[str, QuantizedTensor], specs: dict, changes: dict,
+    def save_layer(self, i: int, tensors: dict[str, QTensor], specs: dict, changes: dict,
                    plain: dict[str, torch.Tensor]) -> None:
         flat, info = {}, {}
         for name, qt in tensors.items():
-            for f in _QT_FIELDS:
-                flat[f"{name}:{f}"] = getattr(qt, f)
-            info[name] = {"bits": qt.bits, "group_size": qt.group_size, "symmetric": qt.symmetric,
-                          "act_order": qt.act_order, "spec": specs[name].to_dict(),
-                          "change": changes.get(name)}
+            state, header = to_named(qt)
+            for f, t in state.items():
+                flat[f"{name}:{f}"] = t
+            info[name] = {"tensor": header, "spec": specs[name].to_dict(), "change": changes.get(name)}
         for k, v in plain.items():
             flat[f"plain:{k}"] = v
         _save_atomic(flat, self.layer_file(i), {"modules": json.dumps(info, sort_keys=True)})
@@ -191,14 +191,23 @@ class LayerStore:
             raw = {k: fh.get_tensor(k).clone() for k in fh.keys()}
         tensors, specs, changes = {}, {}, {}
         for name, meta in info.items():
-            parts = {f: raw[f"{name}:{f}"] for f in _QT_FIELDS}
-            tensors[name] = QuantizedTensor(**parts, bits=meta["bits"], group_size=meta["group_size"],
-                                            symmetric=meta["symmetric"], act_order=meta["act_order"])
+            state = {k[len(name) + 1:]: v for k, v in raw.items() if k.startswith(name + ":")}
+            tensors[name] = from_named(state, meta["tensor"])
             specs[name] = QuantSpec.from_dict(meta["spec"])
             if meta["change"]:
                 changes[name] = meta["change"]
         plain = {k[len("plain:"):]: v for k, v in raw.items() if k.startswith("plain:")}
         return tensors, specs, changes, plain
+
+    def save_extra(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        _save_atomic(tensors, self.dir / f"extra-{name}.safetensors", {})
+
+    def load_extra(self, name: str) -> dict[str, torch.Tensor] | None:
+        path = self.dir / f"extra-{name}.safetensors"
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: fh.get_tensor(k).clone() for k in fh.keys()}
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 from lowbit.arch import arch_for, decoder_layers, head_input_modules
-from lowbit.formats import QuantizedTensor
+from lowbit.errors import LowbitError
+from lowbit.formats import QTensor, grid_for
 from lowbit.hardware import resolve_forward_dtype
 from lowbit.memory import release_free_memory
 from lowbit.methods import get_method
@@ -38,13 +39,13 @@ DEFAULT_CACHE_BYTES = 2 << 30  # Linear outputs replayed within a layer (see out
 
 @dataclass
 class QuantResult:
-    tensors: dict[str, QuantizedTensor] = field(default_factory=dict)
+    tensors: dict[str, QTensor] = field(default_factory=dict)
     specs: dict[str, QuantSpec] = field(default_factory=dict)  # effective spec per module
     layout_changes: dict[str, dict] = field(default_factory=dict)  # name -> {requested, used}
     seconds: float = 0.0
     stored_layers: int = 0  # decoder layers whose codes live in the LayerStore, not in `tensors`
     forward_dtype: str = "float32"  # calibration forwards as run ("auto" resolved)
-    transforms: dict[str, dict] = field(default_factory=dict)  # layer name -> what `transform` chose
+    transforms: dict[str, dict] = field(default_factory=dict)  # transform name -> what it chose (per layer)
 
 
 def target_linears(model: torch.nn.Module, spec: QuantSpec) -> dict[str, torch.nn.Linear]:
@@ -131,8 +132,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                    fit_layout: FitLayout | None = None, progress: Progress | None = None,
                    batch_size: int = 8, lazy=None, store=None,
                    acts_budget_bytes: int | None = None,
-                   head_inputs: Callable[[torch.Tensor], None] | None = None,
-                   transform: Callable | None = None) -> QuantResult:
+                   head_observer=None, transforms: list | None = None,
+                   model_transforms: list | None = None) -> QuantResult:
     """Quantize `model` in place (weights become their dequantized values) and return the
     codes of every quantized Linear. calibration: token ids (N, T) for methods that need it.
 
@@ -141,18 +142,31 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
     (codes then leave memory) and a killed run resumes after the newest saved activations.
     acts_budget_bytes: calibration activations past it (per set; default a quarter of the
     available memory) are written to disk, beside the store or in a temporary directory.
-    head_inputs: called with the output matrix's input (the last layer's output through the
-    final norm) for every calibration batch, for a caller that quantizes the head itself
-    (GGUF's tied token_embd); not called when a resumed run had finished every layer.
-    transform(layer, layer_name, batches) -> dict: an equivalent change of the float layer
-    (transforms/), made before its Linears are observed and quantized, in float32, with the
-    layer's calibration inputs; what it returns is kept in result.transforms[layer_name]."""
+    head_observer (an Observer with state / load_state): given the output matrix's input (the
+    last layer's output through the final norm) for every calibration batch, for a caller that
+    quantizes the head itself (GGUF's tied token_embd); with a store its state is saved beside
+    the last layer, and restored when a resumed run had finished every layer.
+    transforms: per-layer transforms, in order: transform(layer, layer_name, batches) -> dict, an
+    equivalent change of the float layer (transforms/), made before its Linears are observed and
+    quantized, in float32, with the layer's calibration inputs; what it returns is kept in
+    result.transforms[transform.name][layer_name]. model_transforms: whole-model transforms, in
+    order, before the walk (rotations change embedding, norms and head together):
+    transform(model, calibration) -> dict, kept in result.transforms[transform.name]; a model
+    read layer by layer takes only those marked layer_by_layer = True."""
     start = time.perf_counter()
     method = get_method(spec.method)
+    transforms = [t for t in (transforms or []) if t is not None]
+    result_transforms = {getattr(t, "name", "transform"): {} for t in transforms}
+    for t in model_transforms or []:
+        if lazy is not None and not getattr(t, "layer_by_layer", False):
+            raise LowbitError(f"the {getattr(t, 'name', 'model')} transform needs the whole model in memory: "
+                              "load it in memory (lowbit.load) before quantizing")
+        result_transforms[getattr(t, "name", "model")] = t(model, calibration)
     arch = arch_for(model)
     layers = decoder_layers(model, arch)
     targets = target_linears(model, spec)
     result = QuantResult()
+    result.transforms = result_transforms
 
     def quantize_one(name: str, observer=None):
         module = targets[name]
@@ -163,7 +177,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
             if change:
                 result.layout_changes[name] = change
             mspec = fitted
-        qt = method.quantize(module.weight.data, mspec, observer)
+        qt = method.quantize(module.weight.data, grid_for(mspec, method.auto_clip), mspec, observer)
         release_free_memory()
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
         result.tensors[name], result.specs[name] = qt, mspec
@@ -174,10 +188,16 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                                                  _device_type(model))
     forward = _forward_context(result.forward_dtype)
     prefix = arch.layers
-    needs_acts = method.needs_calibration or transform is not None  # a transform searches on them
+    needs_acts = method.needs_calibration or bool(transforms)  # a transform searches on them
     start_at = 0
     if store is not None:
         start_at = _restore(store, model, layers, prefix, result, lazy is None, needs_acts)
+        if head_observer is not None and start_at == len(layers):
+            saved = store.load_extra("head-observer")
+            if saved is None:  # saved beside the last layer, so only a store of an older lowbit lacks it
+                raise LowbitError(f"the partial run in {store.dir} holds no statistics of the output matrix: "
+                                  "rerun with --overwrite")
+            head_observer.load_state(saved)
     batches = None
     if needs_acts and start_at < len(layers):
         if calibration is None:
@@ -211,8 +231,9 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 continue
             if lazy is not None:
                 lazy.materialize(layer, f"{prefix}.{i}")
-            if transform is not None and batches is not None:
-                result.transforms[f"{prefix}.{i}"] = transform(layer, f"{prefix}.{i}", batches)
+            if batches is not None:
+                for t in transforms:
+                    result.transforms[getattr(t, "name", "transform")][f"{prefix}.{i}"] = t(layer, f"{prefix}.{i}", batches)
             groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
             if not true_sequential:  # one pass: every Linear sees inputs from the float layer
                 groups = [[n for g in groups for n in g]]
@@ -242,8 +263,10 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 batches.discard()
                 batches = outputs
                 cache.clear()
-                if head_inputs is not None and i == len(layers) - 1:
-                    _feed_head(model, arch, batches, head_inputs, forward)
+                if head_observer is not None and i == len(layers) - 1:
+                    _feed_head(model, arch, batches, head_observer.add_batch, forward)
+                    if store is not None:
+                        store.save_extra("head-observer", head_observer.state())
             if store is not None:
                 _save_layer(store, i, layer, f"{prefix}.{i}", result, batches, last=i == len(layers) - 1,
                             lazy=lazy is not None)

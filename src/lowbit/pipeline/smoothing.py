@@ -15,7 +15,7 @@ import torch
 
 from lowbit.arch import arch_for
 from lowbit.errors import LowbitError
-from lowbit.formats import quantize_rtn
+from lowbit.formats import grid_for
 from lowbit.transforms.smooth import search_smoothing
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def smoothing_transform(model, spec, rounding_for, alphas, wanted: bool):
         rounding = rounding_for(layer, layer_name)
         pairs = [(p, ls) for p, ls in arch.smooth if all(n in rounding for n in ls)]
         return search_smoothing(layer, pairs, batches, rounding, alphas=alphas, max_tokens=tokens)
+    transform.name = "smooth"
     return transform
 
 
@@ -65,8 +66,7 @@ def weight_only_smoothing(model, spec, targets, fit_layout=None):
                 s = spec.for_module(full)
                 if fit_layout is not None:
                     s = fit_layout(full, s, tuple(module.weight.shape))
-                out[name] = (lambda W, s=s: quantize_rtn(W, s.bits, s.symmetric, s.group_size, "minmax",
-                                                         s.scale_dtype).dequantize().to(W.dtype), None)
+                out[name] = (lambda W, g=grid_for(s, "minmax"): g.rtn(W).dequantize().to(W.dtype), None)
         return out
     return smoothing_transform(model, spec, rounding_for, WEIGHT_ONLY_ALPHAS,
                                check_smooth(spec.method_args.get("smooth", "auto")) == "on")

@@ -1,0 +1,149 @@
+"""llama.cpp's block grids as a quantized-tensor kind and a grid that methods are handed.
+
+GGMLTensor: one weight matrix as GGML blocks (the exact bytes of a GGUF tensor) and the floats
+they decode to. GGMLGrid: the block grid of one type (Q4_K, Q8_0, ...): rtn is llama.cpp's own
+rounding (byte-identical to its C code; its imatrix path with an importance vector); fit /
+round_column / encode let GPTQ choose the codes on the same grids (formats/ggml_blocks.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as T
+
+from lowbit.errors import LowbitError
+from lowbit.formats import ggml_blocks
+from lowbit.formats.grid import Grid, register_grid
+from lowbit.formats.qtensor import QTensor, register_kind
+
+
+def ggml_type(name: str) -> T:
+    """The GGML type called `name` ("Q4_K"), if lowbit has a block quantizer for it."""
+    try:
+        qtype = T[str(name).upper()]
+    except KeyError:
+        qtype = None
+    if qtype not in ggml_blocks.SUPPORTED:
+        names = " ".join(t.name for t in ggml_blocks.SUPPORTED)
+        raise LowbitError(f"GGML type {name!r} has no block quantizer in lowbit: use one of {names}")
+    return qtype
+
+
+def decode_blocks(blocks: np.ndarray, qtype: T, shape) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(blocks, qtype), dtype=np.float32)
+                            .reshape(shape))
+
+
+@register_kind
+@dataclass
+class GGMLTensor(QTensor):
+    """values (rows, cols) float32 is exactly what the blocks decode to (gguf.quants.dequantize)."""
+    kind = "ggml"
+    qtype: T
+    blocks: np.ndarray    # uint8 (rows, bytes per row), HF row order
+    values: torch.Tensor  # (rows, cols) float32
+
+    @property
+    def shape(self):
+        return tuple(self.values.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.values
+
+    def stored_bytes(self) -> int:
+        return int(self.blocks.nbytes)
+
+    def state(self):
+        return {"blocks": torch.from_numpy(np.ascontiguousarray(self.blocks))}
+
+    def header(self):
+        return {"qtype": T(self.qtype).name, "shape": list(self.shape)}
+
+    @classmethod
+    def from_state(cls, state, header):
+        qtype = T[header["qtype"]]
+        blocks = state["blocks"].cpu().numpy()
+        return cls(qtype, blocks, decode_blocks(blocks, qtype, tuple(header["shape"])))
+
+    def to(self, device):
+        return GGMLTensor(self.qtype, self.blocks, self.values.to(device))
+
+    def describe(self):
+        return T(self.qtype).name
+
+
+def round_ggml(W: torch.Tensor, qtype: T, importance: np.ndarray | None = None) -> GGMLTensor:
+    """llama.cpp's own rounding (byte-identical to its C code): the reference path without
+    importance, its imatrix path with it."""
+    Wn = W.detach().to(torch.float32).cpu().numpy()
+    blocks = ggml_blocks.quantize(Wn, qtype, importance).reshape(Wn.shape[0], -1)
+    return GGMLTensor(qtype, blocks, decode_blocks(blocks, qtype, Wn.shape))
+
+
+@dataclass
+class GGMLFit:
+    grid: ggml_blocks.BlockGrid
+
+
+class GGMLGrid(Grid):
+    """importance (cols,): llama.cpp's imatrix semantics, the mean squared input per column."""
+    kind = "ggml"
+    solve_block = 256  # whole 256-column super-blocks per lazy update
+    threads = 1  # a column is rounded by small numpy calls: a second thread only waits
+    rows_independent = True
+
+    def __init__(self, qtype: T):
+        self.qtype = T(qtype)
+        self.is_float = self.qtype in ggml_blocks.FLOAT_TYPES
+        self.block = 0 if self.is_float else ggml_blocks.block_size(self.qtype)
+
+    def rtn(self, W, importance=None):
+        return round_ggml(W, self.qtype, None if importance is None else np.asarray(importance, np.float32))
+
+    def fit(self, W, importance=None):
+        return GGMLFit(ggml_blocks.fit_grid(W.detach().float().numpy(), self.qtype, _np(importance)))
+
+    def empty(self, rows, cols):
+        codec = ggml_blocks.CODECS[self.qtype]
+        z = np.zeros((rows, cols), np.float32)
+        return GGMLFit(ggml_blocks.BlockGrid(self.qtype, z, z.copy(), codec.qmax,
+                                             np.zeros((rows, cols // self.block, codec.type_size), np.uint8)))
+
+    def fit_block(self, fitted, W_cols, block, cols, importance=None):
+        g, G = fitted.grid, self.block
+        one = ggml_blocks.fit_grid(W_cols.detach().float().numpy(), self.qtype, _np(importance))
+        g.scale[:, block * G:(block + 1) * G], g.offset[:, block * G:(block + 1) * G] = one.scale, one.offset
+        g.header[:, block] = one.header[:, 0]
+
+    def round_column(self, fitted, c, w):
+        g = fitted.grid
+        q = ggml_blocks.round_to_grid(g, w.numpy()[:, None], cols=slice(c, c + 1))[:, 0]
+        return torch.from_numpy(q), torch.from_numpy(g.scale[:, c] * q.astype(np.float32) - g.offset[:, c])
+
+    def encode(self, fitted, codes, reordered=False):
+        if reordered:
+            raise ValueError("GGML blocks hold contiguous columns: they cannot follow a reordering")
+        codes = codes.numpy()
+        blocks = ggml_blocks.encode(fitted.grid, codes)
+        return GGMLTensor(self.qtype, blocks, torch.from_numpy(fitted.grid.dequantize(codes)))
+
+    def join_rows(self, parts):
+        return GGMLTensor(self.qtype, np.concatenate([p.blocks for p in parts]),
+                          torch.cat([p.values for p in parts]))
+
+    def describe(self):
+        return self.qtype.name
+
+
+def _np(importance):
+    if importance is None:
+        return None
+    return importance.numpy() if isinstance(importance, torch.Tensor) else np.asarray(importance, np.float32)
+
+
+@register_grid("ggml")
+def _ggml_grid(spec, auto_clip):
+    return GGMLGrid(ggml_type(spec.ggml_type))
