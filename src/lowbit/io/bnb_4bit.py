@@ -43,6 +43,10 @@ def _json_tensor(d: dict) -> torch.Tensor:
     return torch.tensor(list(json.dumps(d).encode("utf-8")), dtype=torch.uint8)
 
 
+def _tensor_json(t: torch.Tensor) -> dict:
+    return json.loads(bytes(t.tolist()).decode("utf-8"))
+
+
 def pack_tensor(name: str, qt: NF4Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     flat = qt.codes.reshape(-1)
     if flat.numel() % 2:
@@ -77,7 +81,7 @@ def _detect(qconfig: dict) -> bool:
 
 
 def unpack_tensor(name: str, t: dict[str, torch.Tensor]) -> NF4Tensor:
-    state = json.loads(bytes(t[STATE_KEY].tolist()).decode("utf-8"))
+    state = _tensor_json(t[STATE_KEY])
     if state.get("quant_type") != "nf4":
         raise LowbitError(f"{name}: bitsandbytes {state.get('quant_type')!r} weights are not read by lowbit yet "
                           "(it reads nf4)")
@@ -117,7 +121,7 @@ def stored_bits(model_dir: Path, qconfig: dict) -> float | None:
         owners = {k[: -len(STATE_KEY) - 1] for k in head if k.endswith("." + STATE_KEY)}
         with safe_open(str(f), framework="pt") as fh:
             for mod in owners:
-                state = json.loads(bytes(fh.get_tensor(f"{mod}.{STATE_KEY}").tolist()).decode("utf-8"))
+                state = _tensor_json(fh.get_tensor(f"{mod}.{STATE_KEY}"))
                 weights += int(state["shape"][0]) * int(state["shape"][1])
         for k, (dtype, shape) in head.items():
             mod = next((m for m in owners if k.startswith(m + ".") and k[len(m) + 1:] in SUFFIXES), None)

@@ -27,7 +27,7 @@ from lowbit.calibration.hessian import HessianObserver
 from lowbit.formats import IntAffineGrid, QuantizedTensor
 from lowbit.formats.ggml_tensor import GGMLGrid, GGMLTensor
 from lowbit.methods.base import Method, register_method
-from lowbit.methods.gptq_solver import HessianFactor, gptq_by_rows, gptq_on_grid, hessian_factor
+from lowbit.methods.gptq_solver import HessianFactor, gptq_by_rows, gptq_on_grid, hessian_factor, order_block_for
 from lowbit.options import options_of
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class GPTQ(Method):
         if o.gguf_solver == "imatrix":
             return grid.rtn(W, importance_from_hessian(observer.H))
         act_order, fit = column_plan(grid, o)
-        order_block = grid.block if fit == "block" and grid.block else 0
+        order_block = order_block_for(grid, fit, act_order)
         key = (o.damp_percent, act_order, order_block)
         factors = observer.__dict__.setdefault("gptq_factors", {})  # shared input, shared factor
         if key not in factors:

@@ -155,6 +155,12 @@ def effective_fit(grid, fit: str, act_order: bool) -> str:
     return fit
 
 
+def order_block_for(grid, fit: str, act_order: bool) -> int:
+    """The block act-order stays inside on this grid and fit (0: the whole row), the key of the
+    HessianFactor a solve needs."""
+    return grid.block if effective_fit(grid, fit, act_order) == "block" else 0
+
+
 def gptq_on_grid(W: torch.Tensor, H: torch.Tensor, grid, *, act_order: bool = True, fit: str = "static",
                  damp_percent: float = 0.01, block_size: int = 128, dtype: torch.dtype = torch.float32,
                  factor: HessianFactor | None = None, importance: torch.Tensor | None = None):
@@ -170,9 +176,8 @@ def gptq_on_grid(W: torch.Tensor, H: torch.Tensor, grid, *, act_order: bool = Tr
     out, inp = W.shape
     fit = effective_fit(grid, fit, act_order)
     G = grid.block if grid.block else inp
-    order_block = G if fit == "block" else 0
     if factor is None:
-        factor = hessian_factor(H, damp_percent, act_order, dtype, order_block)
+        factor = hessian_factor(H, damp_percent, act_order, dtype, order_block_for(grid, fit, act_order))
     W = W.to(dtype).clone()
     W[:, factor.dead] = 0  # their weights do not matter
     perm = factor.perm if factor.perm is not None else torch.arange(inp)
@@ -216,10 +221,9 @@ def gptq_by_rows(W: torch.Tensor, H: torch.Tensor, grid, **kw):
     out, inp = W.shape
     if out * inp <= ROW_CHUNK or not grid.rows_independent:
         return gptq_on_grid(W, H, grid, **kw)
-    if kw.get("factor") is None:
-        kw["factor"] = hessian_factor(H, kw.get("damp_percent", 0.01), kw.get("act_order", True),
-                                      kw.get("dtype", torch.float32),
-                                      grid.block if effective_fit(grid, kw.get("fit", "static"),
-                                                                  kw.get("act_order", True)) == "block" else 0)
+    if kw.get("factor") is None:  # computed once for every block of rows
+        act_order = kw.get("act_order", True)
+        kw["factor"] = hessian_factor(H, kw.get("damp_percent", 0.01), act_order, kw.get("dtype", torch.float32),
+                                      order_block_for(grid, kw.get("fit", "static"), act_order))
     rows = max(1, ROW_CHUNK // inp)
     return grid.join_rows([gptq_on_grid(W[r:r + rows], H, grid, **kw) for r in range(0, out, rows)])
