@@ -1,6 +1,7 @@
 """Python API: lowbit.quantize(model, "w4g128", out=...), lowbit.evaluate(path)."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from lowbit.calibration.text import calibration_samples, load_text, tokenize
 from lowbit.eval.base_cache import BaseHidden
 from lowbit.eval.perplexity import evaluate_windows, windows
 from lowbit.hardware import resolve_forward_dtype
+from lowbit.memory import map_large_allocations
 from lowbit.eval.size import bits_per_weight, size_on_disk
 from lowbit.io.formats import get_format
 from lowbit.io.atomic import check_output
@@ -75,7 +77,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     resumed (default: as overwrite); otherwise such a run is kept and this call refused."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
-    check_method_args(spec, method)  # a misspelled option is an error, not ignored
+    check_method_args(spec, method)
+    map_large_allocations()  # freed tensors go back to the system, not into a fragmented heap  # a misspelled option is an error, not ignored
     check_smooth(spec.method_args.get("smooth", "auto"))
     progress = progress or logging_progress()
     gguf = writer = None
@@ -95,7 +98,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     if isinstance(model, Loaded):
         loaded = model
     elif out is not None:
-        loaded, lazy = load_for_walk(model, allow_pickle)
+        loaded, lazy = load_for_walk(model, allow_pickle, outside=False)
     else:
         loaded = load_model(model, allow_pickle)
     _use_tokenizer(loaded, tokenizer)
@@ -105,6 +108,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         _check_weights(loaded.model)
     torch.manual_seed(seed)
     calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed, spec)
+    if lazy is not None:  # after tokenizing: its working memory is freed before the embedding arrives
+        lazy.load_outside()
     if gguf is not None:
         gguf.begin(loaded.model, calibration, keep_float_head=lazy is None)
         fit, transforms = gguf.fit, gguf.transforms
@@ -129,7 +134,9 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     if out is not None:
         t0 = time.perf_counter()
         prefix = arch_for(loaded.model).layers
-        fetch = lazy.tensor if lazy is not None else None
+        # tensors the walk never changed (embedding, untied head) are written as the checkpoint
+        # stores them: a float16 table stays half the size of its float32 copy, in memory and out
+        fetch = functools.partial(lazy.tensor, keep_dtype=True) if lazy is not None else None
         if gguf is not None:
             summary.update(gguf.write(out, loaded, result, store, fetch, prefix, overwrite,
                                       metadata=_gguf_metadata(summary)))

@@ -117,3 +117,16 @@ def test_round_trip_codes_are_stable(bits, sym, group, rows, cols, seed):
         assert (err <= step / 2 + 1e-5 * step).all()
     else:
         assert (err <= step / 2 + 1e-4 * (1 + w.abs())).all()
+
+
+@pytest.mark.parametrize("group,clip", [(128, "mse"), (-1, "mse"), (96, "minmax"), (0, "mse")])
+def test_grids_fitted_by_blocks_of_rows_equal_one_fit(group, clip, monkeypatch):
+    """A large matrix's grids are fitted a block of rows at a time (bounded memory for the
+    clipping search): scales and zero points equal those of one fit, a partial last block too."""
+    from lowbit.formats import int_affine
+
+    W = torch.randn(70, 1000, generator=torch.Generator().manual_seed(0))
+    whole = int_affine.fit_grid(W, 4, group != 96, group, clip, "float16")
+    monkeypatch.setattr(int_affine, "FIT_CHUNK", 7 * 1000 + 5)  # 7 rows at a time
+    parts = int_affine.fit_grid(W, 4, group != 96, group, clip, "float16")
+    assert torch.equal(whole[0], parts[0]) and torch.equal(whole[1], parts[1])

@@ -48,6 +48,12 @@ class HessianObserver(Observer):
             self._mirrored = True
         return self._upper
 
+    def take_H(self) -> torch.Tensor:
+        """H, handed over: the observer lets go of it (its last user frees it once factored)."""
+        H = self.H
+        self._upper = None
+        return H
+
     def state(self) -> dict[str, torch.Tensor]:
         """What a resumed run needs to continue (pipeline/layer_store.py extras)."""
         return {"H": self.H, "n": torch.tensor([self.n], dtype=torch.int64)}

@@ -40,18 +40,22 @@ def decode_blocks(blocks: np.ndarray, qtype: T, shape) -> torch.Tensor:
 @register_kind
 @dataclass
 class GGMLTensor(QTensor):
-    """values (rows, cols) float32 is exactly what the blocks decode to (gguf.quants.dequantize)."""
+    """values (rows, cols) float32 is exactly what the blocks decode to (gguf.quants.dequantize);
+    None when nobody needs them held (a 49k-token matrix on its way to the file), then
+    dequantize() decodes them from the blocks."""
     kind = "ggml"
     qtype: T
     blocks: np.ndarray    # uint8 (rows, bytes per row), HF row order
-    values: torch.Tensor  # (rows, cols) float32
+    values: torch.Tensor | None = None  # (rows, cols) float32
 
     @property
     def shape(self):
-        return tuple(self.values.shape)
+        if self.values is not None:
+            return tuple(self.values.shape)
+        return tuple(gguf.quant_shape_from_byte_shape(self.blocks.shape, T(self.qtype)))
 
     def dequantize(self) -> torch.Tensor:
-        return self.values
+        return self.values if self.values is not None else decode_blocks(self.blocks, self.qtype, self.shape)
 
     def stored_bytes(self) -> int:
         return int(self.blocks.nbytes)
@@ -64,23 +68,38 @@ class GGMLTensor(QTensor):
 
     @classmethod
     def from_state(cls, state, header):
-        qtype = T[header["qtype"]]
-        blocks = state["blocks"].cpu().numpy()
-        return cls(qtype, blocks, decode_blocks(blocks, qtype, tuple(header["shape"])))
+        # the blocks alone: a reader that wants the floats decodes them (dequantize)
+        return cls(T[header["qtype"]], state["blocks"].cpu().numpy())
 
     def to(self, device):
-        return GGMLTensor(self.qtype, self.blocks, self.values.to(device))
+        return GGMLTensor(self.qtype, self.blocks, None if self.values is None else self.values.to(device))
 
     def describe(self):
         return T(self.qtype).name
 
 
-def round_ggml(W: torch.Tensor, qtype: T, importance: np.ndarray | None = None) -> GGMLTensor:
+ROUND_CHUNK = 1 << 22  # weights rounded at a time: rows are independent, and the rounding's
+# float32 temporaries of a 49k x 2k embedding would be several times its size
+
+
+def round_ggml(W: torch.Tensor, qtype: T, importance: np.ndarray | None = None, *,
+               values: bool = True, into: torch.Tensor | None = None) -> GGMLTensor:
     """llama.cpp's own rounding (byte-identical to its C code): the reference path without
-    importance, its imatrix path with it."""
-    Wn = W.detach().to(torch.float32).cpu().numpy()
-    blocks = ggml_blocks.quantize(Wn, qtype, importance).reshape(Wn.shape[0], -1)
-    return GGMLTensor(qtype, blocks, decode_blocks(blocks, qtype, Wn.shape))
+    importance, its imatrix path with it. Rows are rounded a block of rows at a time, each
+    block converted to float32 on its own, so W may stay in its checkpoint dtype.
+    values=False: keep only the blocks (decoded on demand). into: write what the blocks decode
+    to into this tensor (W itself, rounded in place) instead of holding a float32 copy."""
+    rows, cols = W.shape
+    step = max(1, ROUND_CHUNK // max(cols, 1))
+    blocks = np.empty(gguf.quant_shape_to_byte_shape((rows, cols), T(qtype)), np.uint8)
+    out = torch.empty(rows, cols, dtype=torch.float32) if values and into is None else None
+    for r in range(0, rows, step):
+        Wn = W[r:r + step].detach().to(torch.float32).cpu().numpy()
+        b = ggml_blocks.quantize(Wn, qtype, importance).reshape(Wn.shape[0], -1)
+        blocks[r:r + step] = b
+        if out is not None or into is not None:
+            (out if out is not None else into)[r:r + step].copy_(decode_blocks(b, qtype, Wn.shape))
+    return GGMLTensor(qtype, blocks, out)
 
 
 @dataclass
@@ -131,8 +150,9 @@ class GGMLGrid(Grid):
         return GGMLTensor(self.qtype, blocks, torch.from_numpy(fitted.grid.dequantize(codes)))
 
     def join_rows(self, parts):
-        return GGMLTensor(self.qtype, np.concatenate([p.blocks for p in parts]),
-                          torch.cat([p.values for p in parts]))
+        # only very large matrices are solved by rows (a 49k-token head): their float values,
+        # as big again as the checkpoint's matrix, are decoded from the blocks when asked for
+        return GGMLTensor(self.qtype, np.concatenate([p.blocks for p in parts]))
 
     def describe(self):
         return self.qtype.name

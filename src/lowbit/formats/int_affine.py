@@ -11,7 +11,7 @@ Granularity is a group size over the input (column) axis of a (out, in) weight:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -99,6 +99,9 @@ def _clip_error(G, scale, zero, maxq):
     return t.abs_().pow_(MSE_NORM).sum(-1)
 
 
+FIT_CHUNK = 1 << 22  # weights per fit: the clipping search holds a few float32 copies of them
+
+
 def fit_grid(W: torch.Tensor, bits: int, symmetric: bool, group_size: int,
              clip: str = "minmax", scale_dtype: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point per group: (rows, ngroups) float32 each (zero holds integers).
@@ -109,6 +112,11 @@ def fit_grid(W: torch.Tensor, bits: int, symmetric: bool, group_size: int,
     and the zero points use the rounded scales."""
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
+    rows = max(1, FIT_CHUNK // max(W.shape[1], 1))
+    if group_size != PER_TENSOR and W.shape[0] > rows:  # rows have their own grids: a block of rows at a time
+        parts = [fit_grid(W[r:r + rows], bits, symmetric, group_size, clip, scale_dtype)
+                 for r in range(0, W.shape[0], rows)]
+        return torch.cat([s for s, _ in parts]), torch.cat([z for _, z in parts])
     G = _grouped(_work(W), group_size)  # (rows, ng, G)
     xmin = G.amin(dim=-1).clamp(max=0)
     xmax = G.amax(dim=-1).clamp(min=0)
@@ -156,8 +164,18 @@ def quantize_codes(W, scale, zero, bits: int, g_idx: torch.Tensor) -> torch.Tens
 
 
 def dequantize(q, scale, zero, g_idx: torch.Tensor) -> torch.Tensor:
+    """(q - zero) * scale per weight, in place on one float32 copy of q, a block of rows at a
+    time: per-weight copies of scale and zero would be two more matrices of the weight's size.
+    Bit for bit the value of the one-expression formula."""
     out = q.shape[0]
-    return (q.float() - _expand(zero, g_idx, out)) * _expand(scale, g_idx, out)
+    w = q.to(torch.float32)
+    rows = max(1, FIT_CHUNK // max(q.shape[1], 1))
+    for r in range(0, out, rows):
+        n = min(rows, out - r)
+        zr = zero if zero.shape[0] == 1 else zero[r:r + n]
+        sr = scale if scale.shape[0] == 1 else scale[r:r + n]
+        w[r:r + n].sub_(_expand(zr, g_idx, n)).mul_(_expand(sr, g_idx, n))
+    return w
 
 
 @register_kind
@@ -185,6 +203,14 @@ class QuantizedTensor(QTensor):
 
     def dequantize(self) -> torch.Tensor:
         return dequantize(self.q, self.scale, self.zero, self.g_idx)
+
+    def header_only(self):
+        # the config of integer formats reads fields (bits, g_idx, scale dtype) off the tensor
+        # itself; clones, since an empty view would keep the whole storage of the codes alive
+        # (22 layers of a 1.1B model held 1 GB that way while the output was written)
+        g_idx = self.g_idx.clone() if self.g_idx is not None else None
+        return replace(self, q=self.q[:0].clone(), scale=self.scale[:0].clone(), zero=self.zero[:0].clone(),
+                       g_idx=g_idx)
 
     def signed_codes(self) -> torch.Tensor:
         """q - 2**(bits-1) as int8: the signed storage of compressed-tensors."""
@@ -223,13 +249,14 @@ class IntFit:
     zero: torch.Tensor
     g_idx: torch.Tensor
     static: bool = False
-    _cols: tuple | None = None  # (in, rows) scale and zero of every column, for a static grid
+    _groups: tuple | None = None  # (ngroups, rows) scale and zero, and each column's group, static grids
 
     def column(self, c: int):
-        if self.static:
-            if self._cols is None:
-                self._cols = (self.scale[:, self.g_idx].T.contiguous(), self.zero[:, self.g_idx].T.contiguous())
-            return self._cols[0][c], self._cols[1][c]
+        if self.static:  # contiguous per group, not per column (that would be two matrices of W's size)
+            if self._groups is None:
+                self._groups = (self.scale.T.contiguous(), self.zero.T.contiguous(), self.g_idx.tolist())
+            g = self._groups[2][c]
+            return self._groups[0][g], self._groups[1][g]
         g = int(self.g_idx[c])
         return self.scale[:, g], self.zero[:, g]
 

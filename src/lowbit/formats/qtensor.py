@@ -52,6 +52,13 @@ class QTensor:
     def from_state(cls, state: dict[str, torch.Tensor], header: dict) -> "QTensor":
         raise NotImplementedError
 
+    def header_only(self):
+        """What a format's quantization_config reads of it, without the codes (a writer keeps
+        this for every layer while the codes go to disk one layer at a time)."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(kind=self.kind, **self.header())
+
     def to(self, device) -> "QTensor":
         return type(self).from_state({k: v.to(device) for k, v in self.state().items()}, self.header())
 

@@ -80,7 +80,7 @@ def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: 
                 shards.add({k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()})
                 for name, qt in layer_tensors.items():
                     shards.add(writer.pack(name, qt, dtype))
-                all_tensors.update({n: _header_only(qt) for n, qt in layer_tensors.items()})
+                all_tensors.update({n: qt.header_only() for n, qt in layer_tensors.items()})
                 del layer_tensors, plain
                 release_free_memory()  # each layer's freed codes would otherwise stay in glibc's heap
                 i += 1
@@ -96,20 +96,6 @@ def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: 
                 **{k: v for k, v in meta.items() if k not in VOLATILE_META}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return Path(out)
-
-
-def _header_only(qt):
-    """The attributes a quantization_config needs, without the codes (keeps memory flat)."""
-    from dataclasses import replace
-    from types import SimpleNamespace
-
-    if qt.kind != "int":  # formats of other kinds read only the header
-        return SimpleNamespace(kind=qt.kind, **qt.header())
-    # clone: an empty view would keep the whole storage of the codes alive (22 layers of a
-    # 1.1B model held 1 GB that way while the output was written); g_idx too, which is small
-    # but may share a storage with the rest of a layer file
-    g_idx = qt.g_idx.clone() if qt.g_idx is not None else None
-    return replace(qt, q=qt.q[:0].clone(), scale=qt.scale[:0].clone(), zero=qt.zero[:0].clone(), g_idx=g_idx)
 
 
 def load_quantized(path: Path, dtype=torch.float32):

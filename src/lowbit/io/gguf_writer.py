@@ -1,7 +1,7 @@
 """Write an HF float model as a GGUF file that llama.cpp loads.
 
 The container and metadata come from gguf-py's GGUFWriter; the tensor bytes from
-lowbit.formats.ggml_blocks.quantize, or from `blocks` (bytes another method, e.g. GPTQ,
+lowbit.formats.ggml_tensor.round_ggml, or from `blocks` (bytes another method, e.g. GPTQ,
 already chose on the grids plan_types() names). The file is written under a temporary
 name beside the output and renamed at the end, so a failure leaves no partial file.
 """
@@ -22,10 +22,11 @@ from lowbit import __version__
 from lowbit.compat import rope_scaling, rope_theta
 from lowbit.errors import LowbitError
 from lowbit.formats import ggml_blocks
-from lowbit.formats.ggml_tensor import GGMLTensor
+from lowbit.formats.ggml_tensor import GGMLTensor, round_ggml
 from lowbit.io.atomic import check_output
 from lowbit.io.gguf_mixes import parse_file_type, plan_types, row_bytes
 from lowbit.io.gguf_names import gguf_arch, gguf_names, permute_qk, qk_heads
+from lowbit.io.loaded import check_finite
 
 log = logging.getLogger(__name__)
 Blocks = dict[str, tuple[np.ndarray, T]]
@@ -113,7 +114,7 @@ def _tensor_bytes(hf_name, tensor, qtype: T, blocks: Blocks, importance, shape: 
     if isinstance(tensor, GGMLTensor) and T(tensor.qtype) not in ggml_blocks.FLOAT_TYPES:
         blocks = {hf_name: (tensor.blocks, tensor.qtype)}
     elif isinstance(tensor, GGMLTensor):
-        tensor = tensor.values
+        tensor = tensor.dequantize()
     if hf_name in blocks:
         data, given = blocks[hf_name]
         given = T(given)
@@ -124,23 +125,16 @@ def _tensor_bytes(hf_name, tensor, qtype: T, blocks: Blocks, importance, shape: 
             raise LowbitError(f"blocks for {hf_name} have shape {data.shape} {data.dtype}, expected "
                               f"uint8 {(rows, row_bytes(given, cols))} for {given.name}: re-quantize that tensor")
         return np.ascontiguousarray(data), given
-    W = tensor.detach().to(torch.float32).cpu().numpy()
-    if not np.isfinite(W).all():
-        raise LowbitError(f"weight {hf_name} contains NaN or Inf: the checkpoint is damaged, "
-                          "re-export or re-download it")
-    if qtype == T.F32:
-        return np.ascontiguousarray(W), qtype
-    if qtype == T.F16:
-        return W.astype(np.float16), qtype
-    try:
-        q = ggml_blocks.quantize(W, qtype, importance.get(hf_name))
+    check_finite(hf_name, tensor)
+    if qtype in (T.F32, T.F16):
+        W = tensor.detach().to(torch.float32).cpu().numpy()
+        return (np.ascontiguousarray(W) if qtype == T.F32 else W.astype(np.float16)), qtype
+    try:  # a block of rows at a time, from the tensor's own dtype (formats/ggml_tensor.round_ggml)
+        q = round_ggml(tensor.detach().cpu(), qtype, importance.get(hf_name), values=False).blocks
     except NotImplementedError:
         raise LowbitError(f"no block quantizer for {qtype.name} yet ({hf_name}): "
                           "choose another GGUF file type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16)") from None
-    q = np.asarray(q)
-    if q.dtype != np.uint8:  # float results (F32/F16) as raw bytes
-        q = q.view(np.uint8)
-    return q.reshape(W.shape[0], -1), qtype
+    return q, qtype
 
 
 def _add_model_metadata(w: gguf.GGUFWriter, model, arch: str, ftype) -> None:

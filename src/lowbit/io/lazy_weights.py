@@ -98,19 +98,23 @@ class LazyModel:
 
         self.weights = SafetensorsWeights(model_dir)
         self.dtype = dtype
+        self.layers_prefix = None  # set by load_for_walk
         with torch.device("meta"):
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.base_prefix = getattr(self.model, "base_model_prefix", "")
         self.model.eval()
 
-    def tensor(self, full: str) -> torch.Tensor | None:
-        """Model tensor `full` read from disk (None if the checkpoint does not hold it)."""
+    def tensor(self, full: str, keep_dtype: bool = False) -> torch.Tensor | None:
+        """Model tensor `full` read from disk (None if the checkpoint does not hold it), in the
+        model's dtype, or with keep_dtype in the checkpoint's (a float16 head stays half the
+        size for a reader that converts it a block of rows at a time)."""
         stored = self.weights.resolve(full, self.base_prefix)
         if stored is None:
             return None
         t = self.weights.get(stored)
         if t.is_floating_point():
-            t = t.to(self.dtype)
+            if not keep_dtype:
+                t = t.to(self.dtype)
             check_finite(full, t)
         return t
 
@@ -130,11 +134,12 @@ class LazyModel:
         name = next(n for n, m in self.model.named_modules() if m is out)
         return f"{name}.weight"
 
-    def load_outside(self, layers_prefix: str) -> None:
+    def load_outside(self, layers_prefix: str | None = None) -> None:
         """Everything but the decoder layers and an untied lm_head (it stays on disk until
         written: a 49k x 2k float32 head is 0.4 GB); ties lm_head; recomputes rotary buffers."""
         from lowbit.compat import init_nonpersistent_buffers
 
+        layers_prefix = layers_prefix or self.layers_prefix
         self.deferred = {self._output_weight()} - {None}
         keys = [k for k in self.model.state_dict()
                 if not k.startswith(layers_prefix + ".") and k not in self.deferred]
@@ -186,9 +191,12 @@ class LazyModel:
             _assign(layer, name, torch.empty(t.shape, dtype=t.dtype, device="meta"))
 
 
-def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.float32):
+def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.float32, outside: bool = True):
     """(Loaded, LazyModel) for a plain safetensors model directory (or the default model);
-    anything else (GGUF, quantized dir, hub id, pickle) is loaded whole: (Loaded, None)."""
+    anything else (GGUF, quantized dir, hub id, pickle) is loaded whole: (Loaded, None).
+    outside=False: the tensors outside the decoder layers wait for lazy.load_outside() (a
+    caller that tokenizes first does not hold the tokenizer's working memory and a 0.4 GB
+    embedding table at once)."""
     from lowbit.arch import arch_for
     from lowbit.io import file_checks
     from lowbit.io.default_model import default_model_dir
@@ -212,5 +220,7 @@ def load_for_walk(name: str | None, allow_pickle: bool = False, dtype=torch.floa
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LowbitError(f"cannot load {path}: {first[:300]} (check that the files are complete)") from None
-    lazy.load_outside(arch.layers)
+    lazy.layers_prefix = arch.layers
+    if outside:
+        lazy.load_outside()
     return Loaded(lazy.model, load_tokenizer(path), str(path.resolve()), "hf"), lazy

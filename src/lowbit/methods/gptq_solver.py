@@ -14,22 +14,41 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def inverse_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
-    """Upper Cholesky factor U of (H + damp I)^-1 = U^T U, formed in float64, raising damp if
-    H is not positive definite.
+FLOAT64_FACTOR_MAX = 4096  # inputs up to this wide get a float64 factor; wider ones float32
+
+
+def inverse_cholesky(H: torch.Tensor, damp_percent: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Upper Cholesky factor U of (H + damp I)^-1 = U^T U, raising damp if H is not positive
+    definite.
 
     With J the reversal permutation, J H J = M M^T (M lower) gives H = R R^T for the upper
     R = J M J, so H^-1 = R^-T R^-1 and U = R^-1 = J M^-1 J: one Cholesky and one in-place
-    triangular inverse. Against Cholesky, inverse, Cholesky again this is ~3x faster and
-    holds two float64 matrices instead of five (0.5 GB, not 1.3 GB, for a 5632-wide input)."""
-    n = H.shape[0]
-    Hr = H.double().flip(0, 1).contiguous()  # J H J
-    mean_diag = float(Hr.diagonal().mean())
+    triangular inverse.
+    dtype None: float64 for inputs up to FLOAT64_FACTOR_MAX wide; wider ones in float32, as
+    the reference GPTQ code does for every width (a float64 factor of a 5632-wide input holds
+    0.5 GB, twice a float32 one), falling back to float64 where float32 finds H not positive
+    definite, before more dampening."""
+    return _factor_of_reversed([H.flip(0, 1)], damp_percent, dtype)
+
+
+def _factor_of_reversed(box: list, damp_percent: float, dtype: torch.dtype | None) -> torch.Tensor:
+    """inverse_cholesky of H given as J H J, handed over in a one-item list: the list holds
+    the only reference, so each copy is freed as soon as the next exists (two n x n matrices
+    at a time, not three)."""
+    n = box[0].shape[0]
+    if dtype is None:
+        dtype = torch.float64 if n <= FLOAT64_FACTOR_MAX else torch.float32
+    Hr = box.pop().to(dtype)
+    mean_diag = float(Hr.diagonal().double().mean())
     damp, added = damp_percent, 0.0
     for _ in range(6):
         Hr.diagonal().add_(damp * mean_diag - added)
         added = damp * mean_diag
         M, info = torch.linalg.cholesky_ex(Hr)
+        if int(info) != 0 and Hr.dtype != torch.float64:  # float32 rounding, not H: retry wider
+            del M
+            Hr = Hr.double()
+            M, info = torch.linalg.cholesky_ex(Hr)
         if int(info) == 0:
             del Hr
             inv = torch.eye(n, dtype=M.dtype, device=M.device)
@@ -41,24 +60,6 @@ def inverse_cholesky(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
         del M
         damp *= 10
     raise RuntimeError("Hessian is not positive definite even with strong dampening")
-
-
-def live_hessian(H: torch.Tensor, dtype: torch.dtype = torch.float32):
-    """(copy of H in `dtype` with H[j, j] = 1 for dead inputs, the dead-input mask): inputs
-    always zero in the calibration data, whose weights do not matter."""
-    H = H.to(dtype).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    return H, dead
-
-
-def prepare(W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype = torch.float32):
-    """Copies of W (out, in) and H (in, in) in `dtype` with dead inputs zeroed in W and
-    given H[j, j] = 1."""
-    H, dead = live_hessian(H, dtype)
-    W = W.to(dtype).clone()
-    W[:, dead] = 0
-    return W, H
 
 
 @dataclass
@@ -82,12 +83,23 @@ def column_order(d: torch.Tensor, order_block: int = 0) -> torch.Tensor:
 
 def hessian_factor(H: torch.Tensor, damp_percent: float = 0.01, act_order: bool = False,
                    dtype: torch.dtype = torch.float32, order_block: int = 0) -> HessianFactor:
-    H, dead = live_hessian(H, dtype)
-    perm = None
-    if act_order:
-        perm = column_order(torch.diag(H), order_block)
-        H = H[perm][:, perm]
-    return HessianFactor(dead, perm, inverse_cholesky(H, damp_percent).to(dtype))
+    d = torch.diag(H).to(dtype)
+    dead = d == 0
+    perm = column_order(d.masked_fill(dead, 1), order_block) if act_order else None
+    rev = (perm if perm is not None else torch.arange(H.shape[0])).flip(0)
+    factor_dtype = torch.float64 if dtype == torch.float64 else None  # a float64 solve keeps its factor
+    # J P^T H P J with H[j, j] = 1 for dead inputs (always zero in the calibration data, their
+    # weights do not matter), built straight from H, no other copy
+    box = [_live_reversed(H, rev, dead, dtype)]
+    del H  # a caller that handed H over (HessianObserver.take_H) frees it here, before the factor
+    U = _factor_of_reversed(box, damp_percent, factor_dtype)
+    return HessianFactor(dead, perm, U.to(dtype))
+
+
+def _live_reversed(H: torch.Tensor, rev: torch.Tensor, dead: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    Hr = H.to(dtype)[rev[:, None], rev]  # one gather, one new matrix
+    Hr.diagonal()[dead[rev]] = 1
+    return Hr
 
 
 def solve_columns(WT: torch.Tensor, U: torch.Tensor, block_size: int,
@@ -178,12 +190,22 @@ def gptq_on_grid(W: torch.Tensor, H: torch.Tensor, grid, *, act_order: bool = Tr
     G = grid.block if grid.block else inp
     if factor is None:
         factor = hessian_factor(H, damp_percent, act_order, dtype, order_block_for(grid, fit, act_order))
-    W = W.to(dtype).clone()
-    W[:, factor.dead] = 0  # their weights do not matter
     perm = factor.perm if factor.perm is not None else torch.arange(inp)
     if grid.block:  # lazy blocks hold whole grid blocks: a grid is fitted on fully updated weights
         block_size = max(G, (block_size // G) * G)
-    fitted = grid.fit(W, importance) if fit == "static" else grid.empty(out, inp)
+    # the working copy, transposed so that column j of W is the contiguous row j (one gather,
+    # one (in, out) matrix); dead inputs' weights do not matter
+    if fit == "static":  # grids from the weights in their natural order
+        Wn = W.to(dtype)
+        if bool(factor.dead.any()):
+            Wn = Wn.clone()
+            Wn[:, factor.dead] = 0
+        fitted = grid.fit(Wn, importance)
+        del Wn
+    else:
+        fitted = grid.empty(out, inp)
+    WT = W.T.to(dtype)[perm].contiguous()
+    WT[factor.dead[perm]] = 0
     codes = torch.zeros(out, inp, dtype=torch.uint8)
     order = perm.tolist()
 
@@ -202,8 +224,6 @@ def gptq_on_grid(W: torch.Tensor, H: torch.Tensor, grid, *, act_order: bool = Tr
         codes[:, c] = q
         return value.to(WT.dtype)
 
-    WT = W[:, perm].T.contiguous()
-    del W  # one working copy of the matrix, not two
     with _threads(grid.threads):
         solve_columns(WT, factor.U, block_size, round_column, keep=False)
     del WT

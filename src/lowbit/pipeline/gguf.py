@@ -149,8 +149,7 @@ class GGUFOutput:
         for hf, qtype in self.plan.items():
             if hf in walked or qtype in FLOAT_TYPES or state[hf].is_meta:
                 continue
-            t = round_ggml(state[hf], qtype)
-            state[hf].copy_(t.values.to(state[hf].dtype))
+            t = round_ggml(state[hf], qtype, into=state[hf])  # in place, a block of rows at a time
             self.blocks[hf] = (t.blocks, t.qtype)
 
     def _quantize_head(self, model, fetch) -> None:
@@ -160,13 +159,13 @@ class GGUFOutput:
         if self.head is None:
             return
         weight = model.get_output_embeddings().weight
-        float_head = fetch(self.head) if fetch is not None else None
+        float_head = fetch(self.head) if fetch is not None else None  # as stored: fp16 stays fp16
         if float_head is None:
             float_head = self._float_head
         hspec = replace(self.spec, ggml_type=self.plan[self.head].name)
         t = get_method(self.spec.method).quantize(float_head, grid_for(hspec), hspec, self.head_observer)
         if not weight.is_meta:
-            weight.data.copy_(t.values.to(weight.dtype))
+            weight.data.copy_(t.dequantize().to(weight.dtype))
         self.blocks[self.head] = (t.blocks, t.qtype)
 
     def write(self, out: Path, loaded, result, store=None, fetch=None, layers_prefix: str = "",
@@ -208,7 +207,7 @@ class _TensorSource:
     def get(self, name: str):
         """GGMLTensor blocks, or a float tensor for the writer to convert."""
         if name in self.blocks:
-            return GGMLTensor(self.blocks[name][1], self.blocks[name][0], None)
+            return GGMLTensor(self.blocks[name][1], self.blocks[name][0])
         module = name[: -len(".weight")] if name.endswith(".weight") else None
         if module in self.result.tensors:
             return self.result.tensors[module]
@@ -220,5 +219,5 @@ class _TensorSource:
         if t.is_meta:
             if self.fetch is None:
                 raise ValueError(f"{name} was never loaded")
-            return self.fetch(name)
+            return self.fetch(name)  # as stored; the writer converts a block of rows at a time
         return t.detach()

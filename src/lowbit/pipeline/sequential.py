@@ -250,8 +250,12 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                         stopper.remove()
                     for name, owner in stopper.shared.items():  # same input, same statistics
                         observers[name] = observers[owner]
-                for name in group:
-                    quantize_one(name, observers.get(name))
+                for name in group:  # popped: each holds an (in, in) Hessian and its factor (0.25 GB for a
+                    observer = observers.pop(name, None)  # 5632-wide input), freed once used
+                    if observer is not None:  # no other Linear of the group reads this input
+                        observer.last_use = all(o is not observer for o in observers.values())
+                    quantize_one(name, observer)
+                    del observer
                     if batches is not None:
                         cache.add(name, targets[name])
                 if batches is not None:

@@ -83,14 +83,14 @@ class _Sample:
 
 
 @contextlib.contextmanager
-def _rounded(layer, rounding: Rounding, cached: dict, keys: dict):
-    """The layer's Linears hold their rounded weights and round their inputs, then are restored.
+def _rounded(layer, rounding: Rounding, cached: dict, keys: dict, restore: Callable[[], None]):
+    """The layer's Linears hold their rounded weights and round their inputs; restore() puts
+    the float weights back (from the search's one copy of them, not a second one here).
     cached[keys[name]]: a rounded weight, reused while the alphas that shape it are the same."""
-    saved, hooks = {}, []
+    hooks = []
     try:
         for name, (wfn, xfn) in rounding.items():
             m = layer.get_submodule(name)
-            saved[name] = m.weight.detach().clone()
             key = keys[name]
             if key not in cached:
                 cached[key] = wfn(m.weight.detach()).to(m.weight.dtype)
@@ -101,8 +101,7 @@ def _rounded(layer, rounding: Rounding, cached: dict, keys: dict):
     finally:
         for h in hooks:
             h.remove()
-        for name, w in saved.items():
-            layer.get_submodule(name).weight.data.copy_(w)
+        restore()
 
 
 @torch.no_grad()
@@ -115,7 +114,7 @@ def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
     if not pairs:
         return {}
     sample = _Sample(layer, pairs, batches, max_tokens)
-    touched = {p for p, _ in pairs} | {n for _, ls in pairs for n in ls}
+    touched = {p for p, _ in pairs} | {n for _, ls in pairs for n in ls} | set(rounding)
     original = {n: {k: v.detach().clone() for k, v in layer.get_submodule(n).named_parameters()}
                 for n in touched}
     w_absmax = {p: torch.cat([layer.get_submodule(n).weight.detach().float() for n in ls]).abs().amax(0)
@@ -131,10 +130,18 @@ def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
             if p in choice:
                 scale_pair(layer, p, ls, smoothing_scales(sample.absmax[p], w_absmax[p], choice[p]))
 
+    def keys_of(choice) -> dict:
+        return {n: (n,) + tuple(choice.get(p) for p in ps) for n, ps in shaped_by.items()}
+
     def error(choice) -> float:
         apply(choice)
-        keys = {n: (n,) + tuple(choice.get(p) for p in ps) for n, ps in shaped_by.items()}
-        with _rounded(layer, rounding, cached, keys):
+        keys = keys_of(choice)
+        # rounded weights worth keeping: those of the best choice so far (reused by every
+        # later trial of another pair) and this trial's; all trials' would be a layer per alpha
+        wanted = set(keys.values()) | set(keys_of(best).values())
+        for key in [k for k in cached if k not in wanted]:
+            del cached[key]
+        with _rounded(layer, rounding, cached, keys, lambda: apply(choice)):
             outs = sample.run(layer)
         return math.fsum(float((o.float() - t.float()).pow(2).sum()) for o, t in zip(outs, sample.targets))
 
