@@ -113,6 +113,7 @@ class GGMLGrid(Grid):
     solve_block = 256  # whole 256-column super-blocks per lazy update
     threads = 1  # a column is rounded by small numpy calls: a second thread only waits
     rows_independent = True
+    takes_importance = True  # llama.cpp's imatrix: the mean squared input per column
 
     def __init__(self, qtype: T):
         self.qtype = T(qtype)

@@ -41,6 +41,7 @@ class Grid:
     reorderable: ClassVar[bool] = False
     threads: ClassVar[int | None] = None
     rows_independent: ClassVar[bool] = False  # a matrix may be quantized in blocks of rows and joined
+    takes_importance: ClassVar[bool] = False  # fit / rtn weigh columns by an importance vector (imatrix)
 
     def rtn(self, W: torch.Tensor, importance: torch.Tensor | None = None) -> QTensor:
         """Round-to-nearest of W (out, in) on its own fitted grid (the grid's reference rounding)."""

@@ -111,7 +111,7 @@ class GPTQ(Method):
         act_order, fit = column_plan(grid, o)
         order_block = order_block_for(grid, fit, act_order)
         key = (o.damp_percent, act_order, order_block)
-        importance = importance_from_hessian(observer.H) if grid.kind == "ggml" else None
+        importance = importance_from_hessian(observer.H) if grid.takes_importance else None
         factors = observer.__dict__.setdefault("gptq_factors", {})  # shared input, shared factor
         if key not in factors:
             # the walk marks the observer's last Linear: H is then handed over and freed as soon as
