@@ -33,8 +33,8 @@ def round_q8_0(x: torch.Tensor) -> torch.Tensor:
     xb = _rows(x, 32)
     d = xb.abs().amax(1, keepdim=True) / 127
     inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
-    q = torch.round(xb * inv)  # half to even, as the AVX2 path rounds
-    return (q * d.half().float()).reshape(x.shape).to(x.dtype)
+    q = (xb * inv).round_()  # half to even, as the AVX2 path rounds; in place: one copy of x
+    return q.mul_(d.half().float()).reshape(x.shape).to(x.dtype)
 
 
 def round_q8_k(x: torch.Tensor) -> torch.Tensor:
@@ -43,9 +43,9 @@ def round_q8_k(x: torch.Tensor) -> torch.Tensor:
     idx = xb.abs().argmax(1, keepdim=True)
     mx = xb.gather(1, idx)  # signed value of largest magnitude
     iscale = torch.where(mx != 0, -127 / mx, torch.zeros_like(mx))
-    q = torch.round(iscale * xb).clamp(max=127)
+    q = (iscale * xb).round_().clamp_(max=127)  # in place: one copy of x, not four
     d = torch.where(mx != 0, 1 / iscale, torch.zeros_like(mx))
-    return (q * d).reshape(x.shape).to(x.dtype)
+    return q.mul_(d).reshape(x.shape).to(x.dtype)
 
 
 def input_rounding(weight_type: T):
