@@ -77,8 +77,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     resumed (default: as overwrite); otherwise such a run is kept and this call refused."""
     spec = _as_spec(spec)
     method = get_method(spec.method)
-    check_method_args(spec, method)
-    map_large_allocations()  # freed tensors go back to the system, not into a fragmented heap  # a misspelled option is an error, not ignored
+    check_method_args(spec, method)  # a misspelled option is an error, not ignored
+    map_large_allocations()  # freed tensors go back to the system, not into a fragmented heap
     check_smooth(spec.method_args.get("smooth", "auto"))
     progress = progress or logging_progress()
     gguf = writer = None

@@ -14,11 +14,11 @@ import ctypes.util
 import functools
 
 
-@functools.lru_cache(maxsize=1)
-def _trim():
+@functools.lru_cache(maxsize=None)
+def _glibc(name: str):
+    """glibc's function `name`, or None (another C library, or none)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
 
@@ -27,14 +27,12 @@ def _trim():
 def map_large_allocations() -> None:
     """glibc: allocations from 1 MB up get their own mapping (M_MMAP_THRESHOLD, which also stops
     the threshold from growing). Called by the walk; process-wide, once."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 def release_free_memory() -> None:
-    trim = _trim()
+    trim = _glibc("malloc_trim")
     if trim is not None:
         trim(0)

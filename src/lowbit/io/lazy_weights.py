@@ -134,12 +134,12 @@ class LazyModel:
         name = next(n for n, m in self.model.named_modules() if m is out)
         return f"{name}.weight"
 
-    def load_outside(self, layers_prefix: str | None = None) -> None:
+    def load_outside(self) -> None:
         """Everything but the decoder layers and an untied lm_head (it stays on disk until
         written: a 49k x 2k float32 head is 0.4 GB); ties lm_head; recomputes rotary buffers."""
         from lowbit.compat import init_nonpersistent_buffers
 
-        layers_prefix = layers_prefix or self.layers_prefix
+        layers_prefix = self.layers_prefix
         self.deferred = {self._output_weight()} - {None}
         keys = [k for k in self.model.state_dict()
                 if not k.startswith(layers_prefix + ".") and k not in self.deferred]
