@@ -231,13 +231,16 @@ def test_encode_round_trips_through_gguf_py(qtype, with_importance):
     W = _normal(16, 512, seed=8)
     imp = _importance() if with_importance else None
     grid = gb.fit_grid(W, qtype, imp)
-    assert grid.scale.shape == grid.offset.shape == W.shape and grid.scale.dtype == np.float32
+    assert grid.shape == W.shape and grid.scale.dtype == np.float32
+    assert grid.scale.shape == grid.offset.shape == (16, 512 // grid.sub)  # one pair per sub-block
+    assert grid.sub == {T.Q2_K: 16, T.Q3_K: 16, T.Q6_K: 16, T.Q4_K: 32, T.Q5_K: 32}.get(qtype, 32)
+    scale, offset = grid.per_weight()
     W2 = W + 0.3 * _normal(16, 512, seed=9)             # a GPTQ-updated matrix on the same grid
     for q in (gb.round_to_grid(grid, W2),
               _rng(10).integers(0, grid.qmax + 1, W.shape).astype(np.uint8)):
         blocks = gb.encode(grid, q)
         assert blocks.shape == gb.quantize(W, qtype, imp).shape
-        assert np.array_equal(_deq(blocks, qtype, W.shape), grid.scale * q.astype(np.float32) - grid.offset)
+        assert np.array_equal(_deq(blocks, qtype, W.shape), scale * q.astype(np.float32) - offset)
 
 
 @pytest.mark.parametrize("qtype", BLOCK_TYPES)
@@ -247,7 +250,8 @@ def test_round_to_grid_is_nearest(qtype):
     W2 = W * 1.5                                          # some values beyond the grid: clamped
     q = gb.round_to_grid(grid, W2).astype(np.int64)
     codes = np.arange(grid.qmax + 1)
-    values = grid.scale[..., None].astype(np.float64) * codes - grid.offset[..., None]
+    scale, offset = grid.per_weight()
+    values = scale[..., None].astype(np.float64) * codes - offset[..., None]
     best = np.abs(values - W2[..., None]).min(axis=-1)
     chosen = np.abs(np.take_along_axis(values, q[..., None], axis=-1)[..., 0] - W2)
     assert np.allclose(chosen, best, rtol=0, atol=1e-6 * np.abs(W2).max())

@@ -14,7 +14,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats.ggml_activations import round_q8_0
 from lowbit.formats.ggml_tensor import round_ggml
 from lowbit.pipeline.capture import capture_first_layer_inputs, layer_output
-from lowbit.transforms.smooth import scale_pair, search_smoothing, smoothing_scales
+from lowbit.transforms.smooth import _held, _split, scale_pair, search_smoothing, smoothing_scales
 from tiny import LINEARS, plant_outliers, tiny_llm  # noqa: F401
 
 
@@ -83,6 +83,45 @@ def test_search_halves_the_rounded_error_of_a_layer_with_outlier_channels():
             torch.testing.assert_close(layer_output(layer(h, *a, **kw)), t, rtol=1e-4, atol=1e-5)
     after = rounded_error(layer, batches, targets)
     assert after < 0.5 * before, (after, before)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_batch_split_into_pieces_gives_the_whole_batch_outputs(family):
+    """The search runs its trials a piece of a batch at a time (masks and rotary tables sliced
+    with the hidden states): the outputs are the whole batch's, row for row."""
+    model = tiny_llm(family)
+    layer = decoder_layers(model, arch_for(model))[0]
+    (batch,) = layer0_batches(model, n=1)
+    pieces = _split(batch, 1)
+    assert len(pieces) == 2 and all(p[0].shape[0] == 1 for p in pieces)
+    with torch.no_grad():
+        whole = layer_output(layer(batch[0], *batch[1], **batch[2]))
+        parts = torch.cat([layer_output(layer(h, *a, **kw)) for h, a, kw in pieces])
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)
+    assert _split(batch, 2) == [batch]
+
+
+def test_held_copies_are_exact_and_narrow_only_when_exact():
+    half = torch.randn(64).half().float()
+    assert _held(half).dtype == torch.float16 and torch.equal(_held(half).float(), half)
+    full = torch.randn(64)
+    assert _held(full).dtype == torch.float32 and torch.equal(_held(full), full)
+
+
+def test_search_on_rounding_held_as_blocks_chooses_as_on_decoded_values():
+    """A rounding may be returned as a quantized tensor (the search holds its blocks and decodes
+    them when applied): same choice, same layer as with the decoded tensor."""
+    chosen, weights = [], []
+    for as_blocks in (False, True):
+        model = plant_outliers(tiny_llm("llama"))
+        layer = decoder_layers(model, arch_for(model))[0]
+        rnd = (lambda W: round_ggml(W, T.Q8_0, values=False)) if as_blocks else (lambda W: round_ggml(W, T.Q8_0).values)
+        rounding = {n: (rnd, round_q8_0) for n in LINEARS}
+        chosen.append(search_smoothing(layer, arch_for(model).smooth, layer0_batches(model), rounding))
+        weights.append({k: v.clone() for k, v in layer.state_dict().items()})
+    assert chosen[0] == chosen[1] and chosen[0]
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
 
 
 def test_walk_calls_the_transform_once_per_layer_with_its_inputs_even_for_rtn():

@@ -13,7 +13,7 @@ Grid interface, for methods that choose codes themselves (GPTQ on a k-quant grid
   fit_grid(W, qtype, importance=None) -> BlockGrid   the grid quantize() would choose for W
   round_to_grid(grid, W, cols=None) -> codes          plain nearest rounding on that fixed grid
   encode(grid, codes) -> uint8 blocks                 the exact block bytes for those codes
-with dequantize(encode(grid, q)) == grid.scale * q - grid.offset bit for bit.
+with dequantize(encode(grid, q)) == grid.dequantize(q) bit for bit.
 quantize() itself may pick codes that are not nearest on its final grid (llama.cpp rounds with
 the unquantized sub-scale first and keeps those codes where the stored sub-scale is zero).
 """
@@ -36,17 +36,49 @@ _ROWS_PER_CHUNK_ELEMS = 1 << 17   # weights per chunk: arrays stay in cache, num
 
 @dataclass(frozen=True)
 class BlockGrid:
-    """The per-weight affine grid of one quantized matrix: value = scale * q - offset with
-    integer q in 0..qmax. Symmetric types have offset = scale * zero (Q8_0 zero 128, Q4_0 8,
-    Q5_0 16, Q3_K 4, Q6_K 32). header holds each block's bytes other than its codes."""
+    """The affine grid of one quantized matrix: value = scale * q - offset with integer q in
+    0..qmax, scale and offset per run of `sub` consecutive weights of a row (a legacy type's
+    block of 32, a k-quant's sub-block of 16 or 32): a GPTQ solve of a 2048 x 5632 matrix
+    holds them in 3 MB, not the 92 MB of one pair per weight. Symmetric types have
+    offset = scale * zero (Q8_0 zero 128, Q4_0 8, Q5_0 16, Q3_K 4, Q6_K 32). header holds each
+    block's bytes other than its codes."""
     qtype: T
-    scale: np.ndarray     # (rows, cols) float32
-    offset: np.ndarray    # (rows, cols) float32
+    scale: np.ndarray     # (rows, cols // sub) float32
+    offset: np.ndarray    # (rows, cols // sub) float32
     qmax: int
     header: np.ndarray    # (rows, cols // block, type_size) uint8, code bits zero
+    sub: int              # weights per scale
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.scale.shape[0], self.scale.shape[1] * self.sub
+
+    def per_weight(self, cols: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) of every weight, of all columns or of `cols`."""
+        if cols is None:
+            return np.repeat(self.scale, self.sub, axis=1), np.repeat(self.offset, self.sub, axis=1)
+        at = np.arange(self.shape[1])[cols] // self.sub
+        return self.scale[:, at], self.offset[:, at]
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return self.scale * np.asarray(q, dtype=np.float32) - self.offset
+        """float32 values of codes q, a block of rows at a time (the per-weight scales and
+        offsets of a whole 2048 x 5632 matrix would be 92 MB of temporaries)."""
+        q = np.asarray(q)
+        out = np.empty(self.shape, np.float32)
+        for rs in _chunks(*self.shape):
+            out[rs] = (np.repeat(self.scale[rs], self.sub, axis=1) * q[rs].astype(np.float32)
+                       - np.repeat(self.offset[rs], self.sub, axis=1))
+        return out
+
+
+def empty_grid(qtype: T, rows: int, cols: int) -> BlockGrid:
+    """A zero grid of the type's layout, to be filled a block of columns at a time."""
+    codec = CODECS[_check_type(qtype)]
+    per_block = codec.affine(np.zeros((1, codec.type_size), np.uint8))[0].shape[1]
+    sub = codec.block // per_block
+    z = np.zeros((rows, cols // sub), np.float32)
+    return BlockGrid(T(qtype), z, z.copy(), codec.qmax,
+                     np.zeros((rows, cols // codec.block, codec.type_size), np.uint8), sub)
 
 
 def block_size(qtype: T) -> int:
@@ -132,8 +164,8 @@ def quantize(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> n
 
 
 def fit_grid(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> BlockGrid:
-    """The grid quantize(W, qtype, importance) chooses: per weight its stored (already quantized)
-    scale and offset. W is (rows, cols) with cols a multiple of the block (one block: 32 or 256);
+    """The grid quantize(W, qtype, importance) chooses: per sub-block its stored (already
+    quantized) scale and offset. W is (rows, cols) with cols a multiple of the block (one block: 32 or 256);
     the Q4_0..Q5_1 importance weights depend on the whole row, as in quantize()."""
     W, qtype, importance = _check(W, qtype, importance)
     if qtype in FLOAT_TYPES:
@@ -143,16 +175,15 @@ def fit_grid(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> B
     with np.errstate(over="ignore", invalid="ignore"):
         scale, offset = codec.affine(header.reshape(-1, codec.type_size))
     rows, cols = W.shape
-    return BlockGrid(qtype, scale.reshape(rows, cols), offset.reshape(rows, cols), codec.qmax, header)
+    sub = codec.block // scale.shape[1]
+    return BlockGrid(qtype, scale.reshape(rows, -1), offset.reshape(rows, -1), codec.qmax, header, sub)
 
 
 def round_to_grid(grid: BlockGrid, W: np.ndarray, cols: slice | None = None) -> np.ndarray:
     """Nearest code on the fixed grid, clamped to 0..qmax; uint8 shaped like W. Where a
     sub-block's scale is zero every code gives the same value, and 0 is returned.
     cols picks the grid's columns W stands for (GPTQ rounds one column at a time)."""
-    scale, offset = grid.scale, grid.offset
-    if cols is not None:
-        scale, offset = scale[:, cols], offset[:, cols]
+    scale, offset = grid.per_weight(cols)
     W = np.asarray(W, dtype=np.float64)
     if W.shape != scale.shape:
         raise ValueError(f"W has shape {W.shape}, the grid (columns) {scale.shape}")
@@ -166,8 +197,8 @@ def round_to_grid(grid: BlockGrid, W: np.ndarray, cols: slice | None = None) -> 
 def encode(grid: BlockGrid, q: np.ndarray) -> np.ndarray:
     """The block bytes (rows, cols // block * type_size) for integer codes q on grid."""
     q = np.asarray(q)
-    if q.shape != grid.scale.shape:
-        raise ValueError(f"codes have shape {q.shape}, the grid {grid.scale.shape}")
+    if q.shape != grid.shape:
+        raise ValueError(f"codes have shape {q.shape}, the grid {grid.shape}")
     if (q.min(initial=0) < 0 or q.max(initial=0) > grid.qmax
             or (q.dtype.kind == "f" and not np.array_equal(q, np.round(q)))):
         raise ValueError(f"codes must be integers in 0..{grid.qmax}")

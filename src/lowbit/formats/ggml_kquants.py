@@ -301,24 +301,22 @@ def _kquant(choose):
     return run
 
 
-def _grid(sub_affine, n, zero=None):
-    """Expand per-sub-block (scale, offset) to per-weight arrays."""
+def _grid(sub_affine, zero=None):
+    """(scale, offset) per sub-block, from a block header."""
     def affine(header):
         got = sub_affine(header)
         if zero is None:
-            scale, offset = got
-        else:
-            scale, offset = got, got * F(zero)
-        return np.repeat(scale, n, axis=1), np.repeat(offset, n, axis=1)
+            return got
+        return got, got * F(zero)
     return affine
 
 
 CODECS = {
-    "Q2_K": BlockCodec("Q2_K", QK_K, 84, 3, _kquant(_choose_q2k), _pack_q2k, _grid(_affine_q2k, 16)),
-    "Q3_K": BlockCodec("Q3_K", QK_K, 110, 7, _kquant(_choose_q3k), _pack_q3k, _grid(_affine_q3k, 16, 4)),
+    "Q2_K": BlockCodec("Q2_K", QK_K, 84, 3, _kquant(_choose_q2k), _pack_q2k, _grid(_affine_q2k)),
+    "Q3_K": BlockCodec("Q3_K", QK_K, 110, 7, _kquant(_choose_q3k), _pack_q3k, _grid(_affine_q3k, 4)),
     "Q4_K": BlockCodec("Q4_K", QK_K, 144, 15, _kquant(lambda xs, qw: _choose_4k5k(xs, qw, 15)),
-                       _pack_q4k, _grid(_affine_4k5k, 32)),
+                       _pack_q4k, _grid(_affine_4k5k)),
     "Q5_K": BlockCodec("Q5_K", QK_K, 176, 31, _kquant(lambda xs, qw: _choose_4k5k(xs, qw, 31)),
-                       _pack_q5k, _grid(_affine_4k5k, 32)),
-    "Q6_K": BlockCodec("Q6_K", QK_K, 210, 63, _kquant(_choose_q6k), _pack_q6k, _grid(_affine_q6k, 16, 32)),
+                       _pack_q5k, _grid(_affine_4k5k)),
+    "Q6_K": BlockCodec("Q6_K", QK_K, 210, 63, _kquant(_choose_q6k), _pack_q6k, _grid(_affine_q6k, 32)),
 }

@@ -132,14 +132,13 @@ def _half(header: np.ndarray, at: int) -> np.ndarray:
 
 def _zero_point(zero: int):
     def affine(header):
-        d = np.repeat(_half(header, 0), QK, axis=1)
+        d = _half(header, 0)  # one scale per block
         return d, d * F(zero)
     return affine
 
 
 def _with_min(header):
-    d = np.repeat(_half(header, 0), QK, axis=1)
-    return d, -np.repeat(_half(header, 2), QK, axis=1)
+    return _half(header, 0), -_half(header, 2)
 
 
 CODECS = {

@@ -60,6 +60,9 @@ class GGMLTensor(QTensor):
     def stored_bytes(self) -> int:
         return int(self.blocks.nbytes)
 
+    def drop_decoded(self) -> None:
+        self.values = None
+
     def state(self):
         return {"blocks": torch.from_numpy(np.ascontiguousarray(self.blocks))}
 
@@ -127,21 +130,20 @@ class GGMLGrid(Grid):
         return GGMLFit(ggml_blocks.fit_grid(W.detach().float().numpy(), self.qtype, _np(importance)))
 
     def empty(self, rows, cols):
-        codec = ggml_blocks.CODECS[self.qtype]
-        z = np.zeros((rows, cols), np.float32)
-        return GGMLFit(ggml_blocks.BlockGrid(self.qtype, z, z.copy(), codec.qmax,
-                                             np.zeros((rows, cols // self.block, codec.type_size), np.uint8)))
+        return GGMLFit(ggml_blocks.empty_grid(self.qtype, rows, cols))
 
     def fit_block(self, fitted, W_cols, block, cols, importance=None):
         g, G = fitted.grid, self.block
         one = ggml_blocks.fit_grid(W_cols.detach().float().numpy(), self.qtype, _np(importance))
-        g.scale[:, block * G:(block + 1) * G], g.offset[:, block * G:(block + 1) * G] = one.scale, one.offset
+        at = slice(block * G // g.sub, (block + 1) * G // g.sub)
+        g.scale[:, at], g.offset[:, at] = one.scale, one.offset
         g.header[:, block] = one.header[:, 0]
 
     def round_column(self, fitted, c, w):
         g = fitted.grid
         q = ggml_blocks.round_to_grid(g, w.numpy()[:, None], cols=slice(c, c + 1))[:, 0]
-        return torch.from_numpy(q), torch.from_numpy(g.scale[:, c] * q.astype(np.float32) - g.offset[:, c])
+        s = c // g.sub
+        return torch.from_numpy(q), torch.from_numpy(g.scale[:, s] * q.astype(np.float32) - g.offset[:, s])
 
     def encode(self, fitted, codes, reordered=False):
         if reordered:

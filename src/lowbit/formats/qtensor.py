@@ -59,6 +59,10 @@ class QTensor:
 
         return SimpleNamespace(kind=self.kind, **self.header())
 
+    def drop_decoded(self) -> None:
+        """Forget what dequantize() can compute again from the state (float values kept only to
+        save the decoding): the walk calls it once the weight holds them."""
+
     def to(self, device) -> "QTensor":
         return type(self).from_state({k: v.to(device) for k, v in self.state().items()}, self.header())
 

@@ -53,7 +53,7 @@ def _llamacpp_rounding(qtype: T):
     if qtype in FLOAT_TYPES:
         cast = input_rounding(qtype)
         return (cast or (lambda W: W)), cast
-    return (lambda W: round_ggml(W, qtype).values.to(W.device)), input_rounding(qtype)
+    return (lambda W: round_ggml(W, qtype, values=False)), input_rounding(qtype)  # blocks, decoded when used
 
 
 def gguf_smoothing(model, spec, plan: dict[str, T], calibration):

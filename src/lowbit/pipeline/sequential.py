@@ -180,6 +180,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         qt = method.quantize(module.weight.data, grid_for(mspec, method.auto_clip), mspec, observer)
         release_free_memory()
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
+        qt.drop_decoded()  # the weight holds them: a layer of GGML values would be held twice
         result.tensors[name], result.specs[name] = qt, mspec
 
     # resolved and checked before any calibration work

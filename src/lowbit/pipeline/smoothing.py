@@ -66,7 +66,7 @@ def weight_only_smoothing(model, spec, targets, fit_layout=None):
                 s = spec.for_module(full)
                 if fit_layout is not None:
                     s = fit_layout(full, s, tuple(module.weight.shape))
-                out[name] = (lambda W, g=grid_for(s, "minmax"): g.rtn(W).dequantize().to(W.dtype), None)
+                out[name] = (lambda W, g=grid_for(s, "minmax"): g.rtn(W), None)  # decoded when used
         return out
     return smoothing_transform(model, spec, rounding_for, WEIGHT_ONLY_ALPHAS,
                                check_smooth(spec.method_args.get("smooth", "auto")) == "on")

@@ -26,6 +26,7 @@ import torch
 from lowbit.compat import layer_output
 
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the default model's layers chose 0.5-1.0 from 0.2-1.0
+PIECE_TOKENS = 512  # tokens per forward pass of a trial: its activations, not a batch's
 # name -> (weight rounding, input rounding or None): how the target runtime rounds a Linear
 Rounding = dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable | None]]
 
@@ -53,13 +54,35 @@ def scale_pair(layer: torch.nn.Module, prev: str, linears: tuple[str, ...], s: t
         src.bias.copy_((src.bias.float() / s).to(src.bias.dtype))
 
 
+def _split(batch, most_rows: int):
+    """A captured (hidden, args, kwargs) batch as pieces of at most most_rows sequences: the
+    trials' forward passes then hold a piece's activations, not a whole batch's. Tensors of
+    two or more dims whose first dim is the batch's are sliced with it (masks, positions,
+    rotary tables of shape (B, ...)); the rest (shared (1, ...) tables, scalars) are kept."""
+    h, a, kw = batch
+    rows = h.shape[0]
+
+    def part(v, i):
+        if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == rows:
+            return v[i:i + most_rows]
+        if isinstance(v, (tuple, list)):
+            return type(v)(part(x, i) for x in v)
+        return v
+    if rows <= most_rows:
+        return [batch]
+    return [(h[i:i + most_rows], part(a, i), {k: part(v, i) for k, v in kw.items()})
+            for i in range(0, rows, most_rows)]
+
+
 class _Sample:
-    """The first calibration batches of a layer: float outputs and per-channel input absmax."""
+    """The first calibration batches of a layer, as pieces of about PIECE_TOKENS tokens: float
+    outputs and per-channel input absmax."""
 
     def __init__(self, layer, pairs, batches, max_tokens: int):
         self.batches, tokens = [], 0
         for batch in batches:
-            self.batches.append(batch)
+            most_rows = max(1, PIECE_TOKENS // batch[0].shape[1])
+            self.batches.extend(_split(batch, most_rows))
             tokens += batch[0].shape[0] * batch[0].shape[1]
             if tokens >= max_tokens:
                 break
@@ -67,7 +90,7 @@ class _Sample:
         hooks = [layer.get_submodule(linears[0]).register_forward_pre_hook(self._stat(prev))
                  for prev, linears in pairs]
         try:
-            self.targets = self.run(layer)
+            self.targets = [self.output(layer, b) for b in self.batches]
         finally:
             for h in hooks:
                 h.remove()
@@ -78,23 +101,48 @@ class _Sample:
             self.absmax[key] = a if key not in self.absmax else torch.maximum(self.absmax[key], a)
         return hook
 
-    def run(self, layer) -> list[torch.Tensor]:
-        return [layer_output(layer(h, *a, **kw)).detach() for h, a, kw in self.batches]
+    @staticmethod
+    def output(layer, batch) -> torch.Tensor:
+        h, a, kw = batch
+        return layer_output(layer(h, *a, **kw)).detach()
+
+    def error(self, layer) -> float:
+        """Sum of squares of the layer's output minus the float targets, a piece at a time."""
+        return math.fsum(float((self.output(layer, b).float() - t.float()).pow(2).sum())
+                         for b, t in zip(self.batches, self.targets))
+
+
+def _held(v: torch.Tensor) -> torch.Tensor:
+    """A copy of a parameter in the narrowest dtype that holds it exactly: a float32 layer
+    loaded from a float16 checkpoint is kept at half the bytes until it is scaled."""
+    for dtype in (torch.float16, torch.bfloat16):
+        if v.dtype == torch.float32:
+            narrow = v.to(dtype)
+            if torch.equal(narrow.float(), v):
+                return narrow
+    return v.detach().clone()
+
+
+def _assign(weight: torch.Tensor, rounded) -> None:
+    """Write a rounding into a weight: a tensor, or a quantized tensor (decoded here, so the
+    search can hold a rounding as its blocks: 0.56 bytes per weight at Q4_K, not 4)."""
+    weight.data.copy_(rounded if isinstance(rounded, torch.Tensor) else rounded.dequantize())
 
 
 @contextlib.contextmanager
 def _rounded(layer, rounding: Rounding, cached: dict, keys: dict, restore: Callable[[], None]):
     """The layer's Linears hold their rounded weights and round their inputs; restore() puts
     the float weights back (from the search's one copy of them, not a second one here).
-    cached[keys[name]]: a rounded weight, reused while the alphas that shape it are the same."""
+    cached[keys[name]]: a rounded weight (a tensor, or a quantized tensor that decodes to it),
+    reused while the alphas that shape it are the same."""
     hooks = []
     try:
         for name, (wfn, xfn) in rounding.items():
             m = layer.get_submodule(name)
             key = keys[name]
             if key not in cached:
-                cached[key] = wfn(m.weight.detach()).to(m.weight.dtype)
-            m.weight.data.copy_(cached[key])
+                cached[key] = wfn(m.weight.detach())
+            _assign(m.weight, cached[key])
             if xfn is not None:
                 hooks.append(m.register_forward_pre_hook(lambda mod, args, f=xfn: (f(args[0]),) + tuple(args[1:])))
         yield
@@ -115,7 +163,7 @@ def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
         return {}
     sample = _Sample(layer, pairs, batches, max_tokens)
     touched = {p for p, _ in pairs} | {n for _, ls in pairs for n in ls} | set(rounding)
-    original = {n: {k: v.detach().clone() for k, v in layer.get_submodule(n).named_parameters()}
+    original = {n: {k: _held(v.detach()) for k, v in layer.get_submodule(n).named_parameters()}
                 for n in touched}
     w_absmax = {p: torch.cat([layer.get_submodule(n).weight.detach().float() for n in ls]).abs().amax(0)
                 for p, ls in pairs}
@@ -142,8 +190,7 @@ def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
         for key in [k for k in cached if k not in wanted]:
             del cached[key]
         with _rounded(layer, rounding, cached, keys, lambda: apply(choice)):
-            outs = sample.run(layer)
-        return math.fsum(float((o.float() - t.float()).pow(2).sum()) for o, t in zip(outs, sample.targets))
+            return sample.error(layer)
 
     best: dict[str, float] = {}
     best_err = error(best)
