@@ -174,7 +174,7 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
     4-bit recipe), then every option given beside it; options that do not apply are refused."""
     from lowbit.methods.gptq import GPTQOptions
     from lowbit.options import WalkOptions
-    from lowbit.spec import BEST_4BIT, QuantSpec, preset
+    from lowbit.spec import BEST_4BIT, CODE_BOOK_GRIDS, FP8_GRIDS, QuantSpec, preset
 
     base = preset(preset_name or BEST_4BIT)
     walk, gptq = WalkOptions(), GPTQOptions()  # the defaults of options not given
@@ -190,17 +190,30 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
                            act_order=gptq.act_order if act_order is None else act_order,
                            static_groups=gptq.static_groups if static_groups is None else static_groups)
     grid = grid or base.grid
-    if grid != "nf4" and double_quant is not None:
-        raise LowbitError("--double-quant/--no-double-quant applies to --grid nf4 only: drop it or use --grid nf4")
-    if grid == "nf4":
+    if grid not in CODE_BOOK_GRIDS and double_quant is not None:
+        raise LowbitError("--double-quant/--no-double-quant applies to --grid nf4 or fp4 only: drop it or use --grid nf4")
+    if grid in CODE_BOOK_GRIDS:
         if sym is not None or clip is not None:
-            raise LowbitError(f"{'--sym/--asym' if sym is not None else '--clip'} applies to the int grid, not nf4 "
+            raise LowbitError(f"{'--sym/--asym' if sym is not None else '--clip'} applies to the int grid, not {grid} "
                               "(a fixed code book scaled by each block's absmax): drop it")
-        default_group = base.group_size if base.grid == "nf4" else 64  # NF4's block: 64 weights
-        return QuantSpec(method=method, grid="nf4", bits=4 if bits is None else bits,
+        default_group = base.group_size if base.grid == grid else 64  # bitsandbytes' block: 64 weights
+        return QuantSpec(method=method, grid=grid, bits=4 if bits is None else bits,
                          group_size=default_group if group_size is None else group_size,
                          double_quant=base.double_quant if double_quant is None else double_quant,
                          method_args=method_args)
+    if grid == "nvfp4":
+        if sym is not None or clip is not None or group_size not in (None, 16):
+            raise LowbitError("--sym/--asym, --clip and --group-size do not apply to --grid nvfp4 (e2m1 in blocks "
+                              "of 16 with float8 scales and a global scale): drop them")
+        return QuantSpec(method=method, grid=grid, bits=4 if bits is None else bits, group_size=16,
+                         method_args=method_args)
+    if grid in FP8_GRIDS:
+        if sym is not None or clip is not None:
+            raise LowbitError(f"{'--sym/--asym' if sym is not None else '--clip'} applies to the int grid, not {grid} "
+                              "(float8 codes scaled by each tile's absmax): drop it")
+        default_group = base.group_size if base.grid == grid else -1  # FP8: a scale per output channel
+        return QuantSpec(method=method, grid=grid, bits=8 if bits is None else bits,
+                         group_size=default_group if group_size is None else group_size, method_args=method_args)
     return QuantSpec(method=method, bits=base.bits if bits is None else bits,
                      group_size=base.group_size if group_size is None else group_size,
                      symmetric=base.symmetric if sym is None else sym,
@@ -208,10 +221,17 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
 
 
 def _title(spec, fmt: str, gguf_type: str | None) -> str:
+    from lowbit.spec import CODE_BOOK_GRIDS, FP8_GRIDS
+
     if fmt == "gguf":
         return f"{spec.method} {(gguf_type or 'Q4_K_M').upper()} (GGUF)"
-    if spec.grid == "nf4":
-        return f"{spec.method} nf4 b{spec.group_size}" + (" double-quant" if spec.double_quant else "")
+    if spec.grid == "nvfp4":
+        return f"{spec.method} nvfp4"
+    if spec.grid in FP8_GRIDS:
+        tile = {0: "per tensor", -1: "per channel"}.get(spec.group_size, f"b{spec.group_size}x{spec.group_size}")
+        return f"{spec.method} {spec.grid} {tile}"
+    if spec.grid in CODE_BOOK_GRIDS:
+        return f"{spec.method} {spec.grid} b{spec.group_size}" + (" double-quant" if spec.double_quant else "")
     g = f"g{spec.group_size}" if spec.group_size > 0 else ("per channel" if spec.group_size == -1 else "per tensor")
     return f"{spec.method} w{spec.bits} {g} {'sym' if spec.symmetric else 'asym'}"
 
@@ -251,10 +271,12 @@ def quantize(
     bits: Optional[int] = typer.Option(None, help="bits per weight, 2..8 (default 4)"),
     group_size: Optional[int] = typer.Option(None, help="group size; -1 per channel, 0 per tensor (default 128)"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="symmetric grid (default) or asymmetric with zero point"),
-    grid: Optional[str] = typer.Option(None, help="number grid: int (integer affine, default) or nf4 "
-                                       "(NormalFloat-4 in blocks of --group-size, 64 by default)"),
+    grid: Optional[str] = typer.Option(None, help="number grid: int (integer affine, default), nf4 "
+                                       "(NormalFloat-4 in blocks of --group-size, 64 by default), fp4 "
+                                       "(bitsandbytes' e2m1 code book, the same blocks), fp8 / fp8-e5m2 "
+                                       "(a scale per channel; --group-size 0 per tensor, 128 per 128x128 block)"),
     double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant",
-                                                help="nf4: store block absmax values in 8 bits (default on)"),
+                                                help="nf4 / fp4: store block absmax values in 8 bits (default on)"),
     clip: Optional[str] = typer.Option(None, help="grid range: minmax, mse (clipping search), auto (rtn: minmax, gptq: mse)"),
     damp_percent: Optional[float] = typer.Option(None, help="gptq: dampening, fraction of the mean Hessian diagonal (0.01)"),
     act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order",

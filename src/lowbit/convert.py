@@ -125,7 +125,7 @@ def _source_bits_fit(fmt: str, tensors: dict[str, QuantizedTensor], bits: int | 
     if bits is not None:
         return
     held = get_format(fmt).bits
-    wrong = sorted({qt.bits for qt in tensors.values()} - set(held))
+    wrong = sorted({qt.bits for qt in tensors.values() if qt.grid_name() == "int"} - set(held))
     if wrong:
         nearest = min([b for b in held if b >= wrong[0]] or [held[-1]])
         raise LowbitError(f"{fmt} holds {'/'.join(map(str, held))}-bit codes but the source has {wrong[0]}-bit "
@@ -155,6 +155,23 @@ def _repack(loaded, fmt: str, out: Path, bits, group_size, symmetric, overwrite)
     counts = {"exact": 0, "scales_rounded": 0, "requantized": 0, "kept_float": 0}
     reasons: set[str] = set()
     for name, qt in loaded.quantized.items():
+        grid = qt.grid_name()
+        if grid != "int":  # NF4 / FP4 / FP8 codes: kept where the target holds them, else re-quantized
+            if grid in writer.holds and bits is None and group_size is None and symmetric is None:
+                tensors[name] = qt
+                counts["exact"] += 1
+                continue
+            if "int" not in writer.holds:
+                raise LowbitError(f"{writer.label} does not store the {grid} grid of {name} (it holds "
+                                  f"{', '.join(writer.holds)}): quantize the float model with --format {fmt} instead")
+            spec = writer.fit(name, QuantSpec(bits=bits or DEFAULT_BITS,
+                                              group_size=DEFAULT_GROUP if group_size is None else group_size,
+                                              symmetric=True if symmetric is None else symmetric), qt.shape)
+            tensors[name] = quantize_rtn(qt.dequantize(), spec.bits, spec.symmetric, spec.group_size, "minmax",
+                                         spec.scale_dtype)
+            reasons.add(f"{grid} -> int{spec.bits}")
+            counts["requantized"] += 1
+            continue
         want = _wanted(qt, bits, group_size, symmetric)
         try:
             fitted = writer.fit(name, want, qt.shape)

@@ -14,7 +14,10 @@ from typing import Any
 from lowbit.errors import LowbitError
 
 DEFAULT_IGNORE = ("lm_head",)
-GRID_NAMES = ("int", "nf4")  # grids a spec may name (GGML block types come from a GGUF file type)  # embeddings are not Linear layers, so they stay float too
+GRID_NAMES = ("int", "nf4", "fp4", "fp8", "fp8-e5m2", "nvfp4")  # grids a spec may name (GGML block types come from a GGUF file type)
+CODE_BOOK_GRIDS = ("nf4", "fp4")  # 16 fixed values scaled by each block's absmax (formats/nf4.py)
+ACT_SCHEMES = ("none", "fp8-token")  # a Linear's input as the runtime rounds it (formats/act_quant.py)
+FP8_GRIDS = ("fp8", "fp8-e5m2")  # float8 codes, a scale per tensor / channel / square block (formats/fp8.py)
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,14 @@ class QuantSpec:
     # (set per tensor by the GGUF path from the file type's mix; formats/ggml_tensor.py)
     ggml_type: str | None = None
     # the grid every Linear is quantized on (formats/grid.py): "int" (integer affine: bits, group
-    # size, symmetric) or "nf4" (NormalFloat-4 in blocks of group_size weights, 64 by default)
+    # size, symmetric), "nf4" (NormalFloat-4 in blocks of group_size weights, 64 by default) or
+    # "fp4" (bitsandbytes' e2m1 code book, the same blocks); "fp8" / "fp8-e5m2" (float8 codes,
+    # a scale per tensor (group size 0), channel (-1) or group_size x group_size block)
     grid: str = "int"
-    double_quant: bool = True  # nf4: absmax values stored in 8 bits (QLoRA's double quantization)
+    double_quant: bool = True  # nf4 / fp4: absmax values stored in 8 bits (QLoRA's double quantization)
+    # activations: "none" (weight-only) or "fp8-token" (each token's input rounded to float8 e4m3
+    # with its own scale at every forward pass, as vLLM's FP8-dynamic checkpoints run)
+    act: str = "none"
 
     def __post_init__(self):
         self.validate()
@@ -54,9 +62,17 @@ class QuantSpec:
             raise LowbitError(f"clip={self.clip!r} is unknown: use 'auto', 'minmax' or 'mse'")
         if self.grid not in GRID_NAMES:
             raise LowbitError(f"grid {self.grid!r} is unknown: use {' or '.join(GRID_NAMES)}")
-        if self.grid == "nf4" and (self.bits != 4 or self.group_size <= 0):
-            raise LowbitError(f"the nf4 grid is 4 bits in blocks (got bits={self.bits}, group size "
+        if self.grid in CODE_BOOK_GRIDS and (self.bits != 4 or self.group_size <= 0):
+            raise LowbitError(f"the {self.grid} grid is 4 bits in blocks (got bits={self.bits}, group size "
                               f"{self.group_size}): use --bits 4 and a positive --group-size such as 64")
+        if self.act not in ACT_SCHEMES:
+            raise LowbitError(f"activation scheme {self.act!r} is unknown: use {' or '.join(ACT_SCHEMES)}")
+        if self.act == "fp8-token" and self.grid != "fp8":
+            raise LowbitError(f"fp8-token activations go with FP8 weights (--grid fp8), not the {self.grid} grid")
+        if self.grid == "nvfp4" and self.bits != 4:
+            raise LowbitError(f"the nvfp4 grid is 4 bits (got bits={self.bits}): use --bits 4 or drop --bits")
+        if self.grid in FP8_GRIDS and self.bits != 8:
+            raise LowbitError(f"the {self.grid} grid is 8 bits (got bits={self.bits}): use --bits 8 or drop --bits")
         if self.scale_dtype not in (None, "float16", "bfloat16", "float32"):
             raise LowbitError(f"scale_dtype={self.scale_dtype!r} is unknown: use float16, bfloat16 or float32")
 
@@ -101,7 +117,16 @@ def match_name(name: str, pattern: str) -> bool:
 # presets that are not integer affine: name -> QuantSpec fields
 GRID_PRESETS = {"nf4": {"grid": "nf4", "bits": 4, "group_size": 64},
                 "gptq-nf4": {"grid": "nf4", "bits": 4, "group_size": 64, "method": "gptq"},
-                "nf4-nodq": {"grid": "nf4", "bits": 4, "group_size": 64, "double_quant": False}}
+                "nf4-nodq": {"grid": "nf4", "bits": 4, "group_size": 64, "double_quant": False},
+                "fp4": {"grid": "fp4", "bits": 4, "group_size": 64},
+                "gptq-fp4": {"grid": "fp4", "bits": 4, "group_size": 64, "method": "gptq"},
+                # vLLM's FP8-dynamic: a scale per output channel, each token's input in FP8
+                "fp8": {"grid": "fp8", "bits": 8, "group_size": -1, "act": "fp8-token"},
+                "gptq-fp8": {"grid": "fp8", "bits": 8, "group_size": -1, "act": "fp8-token", "method": "gptq"},
+                "fp8-weight": {"grid": "fp8", "bits": 8, "group_size": -1},
+                "fp8-block": {"grid": "fp8", "bits": 8, "group_size": 128},
+                "nvfp4": {"grid": "nvfp4", "bits": 4, "group_size": 16},
+                "gptq-nvfp4": {"grid": "nvfp4", "bits": 4, "group_size": 16, "method": "gptq"}}
 
 _PRESET = re.compile(r"^(?:(?P<method>[a-z0-9]+)-)?w(?P<bits>\d)(?:g(?P<group>\d+))?"
                      r"(?P<sym>-sym|-asym)?(?P<mse>-mse)?$")

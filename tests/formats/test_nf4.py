@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lowbit.formats import NF4Grid, NF4Tensor, from_named, to_named
-from lowbit.formats.nf4 import NF4_VALUES, dynamic_code
+from lowbit.formats.nf4 import NF4_VALUES, code_book, dynamic_code
 from lowbit.methods.gptq_solver import gptq_on_grid
 
 
@@ -105,3 +105,76 @@ def test_a_last_partial_block_equals_bitsandbytes():
         ours = NF4Grid(64, dq).rtn(W)
         assert torch.equal(_packed(ours.codes), q.reshape(-1))
         assert torch.equal(ours.dequantize(), F.dequantize_4bit(q, state))
+
+
+def test_fp4_code_book_is_bitsandbytes_e2m1_by_hand():
+    F = _bnb()
+    code = code_book("fp4")
+    assert torch.equal(code, F.get_4bit_type("fp4", device="cpu"))  # what a bnb file's quant_map holds
+    # e2m1 divided by its maximum 12: codes 0..7 and their negatives (8..15), bit-pattern order
+    by_hand = [0, 1 / 192, 2 / 3, 1, 1 / 3, 1 / 2, 1 / 6, 1 / 4]
+    assert torch.allclose(code[:8], torch.tensor(by_hand), rtol=1e-7, atol=0)
+    assert torch.equal(code[8:], -code[:8])
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_fp4_codes_and_absmax_equal_bitsandbytes_but_at_its_rounded_midpoints(double_quant):
+    """bitsandbytes' CPU quantize_4bit rounds FP4 against a 4-decimal copy of the code book
+    (0.6667 for 2/3): lowbit rounds to the exact code its files record, so the two may differ
+    only for scaled weights within 1e-4 of a midpoint."""
+    F = _bnb()
+    torch.manual_seed(5)
+    W = torch.randn(256, 1000)
+    W[3, 9] = 30.0
+    q, state = F.quantize_4bit(W, blocksize=64, quant_type="fp4", compress_statistics=double_quant)
+    ours = NF4Grid(64, double_quant, quant_type="fp4").rtn(W)
+    theirs = torch.stack([q.reshape(-1) >> 4, q.reshape(-1) & 0xF], 1).reshape(-1)[: W.numel()]
+    differ = (ours.codes.reshape(-1) != theirs).nonzero().reshape(-1)
+    assert differ.numel() < 1e-3 * W.numel()
+    absmax = ours.block_absmax()
+    blocks = W.reshape(-1)
+    scaled = blocks / absmax.repeat_interleave(64)[: W.numel()]
+    code = code_book("fp4")
+    ordered = code.sort().values
+    mids = (ordered[:-1] + ordered[1:]) / 2
+    near = (scaled[differ, None] - mids[None]).abs().min(1).values
+    assert (near < 1e-4).all(), near.max()
+    if double_quant:
+        assert torch.equal(ours.qabsmax, state.absmax.reshape(-1))
+        assert torch.equal(ours.absmax2, state.state2.absmax.reshape(-1))
+    else:
+        assert torch.equal(ours.absmax, state.absmax.reshape(-1))
+    # bitsandbytes decodes lowbit's codes (packed as it packs them) to lowbit's values, up to its
+    # 4-decimal code book: |error| <= absmax * 4e-5
+    mine = ours.dequantize()
+    got = F.dequantize_4bit(_packed(ours.codes).reshape(-1, 1).to(torch.uint8), state)
+    tol = (absmax.repeat_interleave(64)[: W.numel()] * 4e-5).reshape(W.shape)
+    assert ((got - mine).abs() <= tol).all()
+
+
+def test_fp4_a_block_by_hand():
+    code = code_book("fp4")
+    w = torch.cat([3 * code, 3 * code * 0.999, 3 * code * 0.999, 3 * code]).reshape(1, 64)
+    t = NF4Grid(64, double_quant=False, quant_type="fp4").rtn(w)
+    assert t.absmax.tolist() == [3.0]
+    # every code is its own nearest value, but -0 and +0 are one value: both go to +0 (code 0)
+    expect = [0] + list(range(1, 8)) + [0] + list(range(9, 16))
+    assert t.codes.reshape(-1).tolist() == expect * 4
+    back = from_named(*to_named(t))
+    assert back.quant_type == "fp4" and torch.equal(back.dequantize(), t.dequantize())
+    assert t.describe() == "fp4 b64"
+
+
+def test_gptq_on_fp4_beats_rtn_on_output_error():
+    torch.manual_seed(0)
+    X = torch.randn(2048, 256) @ torch.randn(256, 256) * 0.3
+    H = 2 * X.T @ X / X.shape[0]
+    W = torch.randn(96, 256) * 0.05
+    grid = NF4Grid(64, True, quant_type="fp4")
+    rtn, gptq = grid.rtn(W), gptq_on_grid(W, H, grid, act_order=True, fit="static")
+    assert gptq.quant_type == "fp4" and torch.equal(gptq.qabsmax, rtn.qabsmax)
+
+    def err(Q):
+        D = W - Q
+        return torch.trace(D @ H @ D.T).item()
+    assert err(gptq.dequantize()) < 0.7 * err(rtn.dequantize())

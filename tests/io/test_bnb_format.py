@@ -112,3 +112,52 @@ def test_cli_writes_nf4_for_bitsandbytes(pair, tmp_path, capsys):
     assert code == 0, err
     q = json.loads((tmp_path / "q2" / "config.json").read_text())["quantization_config"]
     assert q["bnb_4bit_use_double_quant"] is False
+
+
+@pytest.fixture(scope="module")
+def fp4(pair):
+    lowbit.quantize(str(pair / "float"), preset("fp4"), pair / "fp4", format="bnb")
+    return pair / "fp4"
+
+
+def test_fp4_file_loads_in_transformers_with_equal_logits(pair, fp4):
+    """bitsandbytes decodes FP4 with a 4-decimal copy of the code book (0.6667 for 2/3), lowbit
+    with the exact values its file records: the logits agree to 1e-4."""
+    import bitsandbytes as bnb
+
+    q = json.loads((fp4 / "config.json").read_text())["quantization_config"]
+    assert q["bnb_4bit_quant_type"] == "fp4"
+    theirs = _hf(fp4)
+    layer = theirs.get_submodule(LINEAR4[0])
+    assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.quant_state.quant_type == "fp4"
+    for m in theirs.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+    ours = load_model(str(fp4))
+    assert {t.quant_type for t in ours.quantized.values()} == {"fp4"}
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours.model(ids).logits, theirs(ids).logits
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+
+
+def test_fp4_rtn_file_is_bitsandbytes_quantizing_the_float_model(pair, fp4):
+    """Same absmax bytes; codes equal but for weights on bitsandbytes' rounded midpoints."""
+    from transformers import BitsAndBytesConfig
+
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    ref, ours = _hf(pair / "float", quantization_config=cfg), _hf(fp4)
+    for name in LINEAR4:
+        a, b = ours.get_submodule(name).weight, ref.get_submodule(name).weight
+        assert torch.equal(a.quant_state.absmax, b.quant_state.absmax), name
+        assert torch.equal(a.quant_state.state2.absmax, b.quant_state.state2.absmax), name
+        same = (a.data == b.data).float().mean().item()
+        assert same > 0.999, (name, same)
+
+
+def test_one_code_per_bnb_file(pair, tmp_path):
+    spec = preset("nf4", overrides=(("re:.*down_proj", {"grid": "fp4"}),))
+    with pytest.raises(LowbitError, match="one grid for the whole model, not fp4 and nf4"):
+        lowbit.quantize(str(pair / "float"), spec, tmp_path / "mixed", format="bnb")
+    assert not (tmp_path / "mixed").exists()

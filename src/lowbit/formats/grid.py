@@ -7,6 +7,7 @@ once, from its spec after the output format's fit (grid_for):
   spec.ggml_type set      llama.cpp's block grid of that type (ggml_tensor.GGMLGrid)
   spec.grid "int"         integer affine, bits / group size / symmetric (int_affine.IntAffineGrid)
   spec.grid "nf4"         NormalFloat-4 blocks of 64, double quantization (nf4.NF4Grid)
+  spec.grid "fp4"         bitsandbytes' e2m1 code book, the same blocks (nf4.NF4Grid)
 A new grid is one file with a Grid subclass and a register_grid line.
 """
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""NormalFloat-4 with double quantization (Dettmers et al., QLoRA, 2023), as bitsandbytes stores it.
+"""bitsandbytes' 4-bit code books, NF4 and FP4, with double quantization (Dettmers et al.,
+QLoRA, 2023), as bitsandbytes stores them.
 
 Weights are taken in row-major order in blocks of 64; each block keeps its absolute maximum
 (absmax) and each weight the index of the nearest of 16 fixed values (the NF4 code book:
@@ -8,6 +9,13 @@ blocks of 256 of them are quantized with bitsandbytes' signed 8-bit "dynamic" co
 decimal exponent and a linear fraction) against their own absolute maximum, kept in float32.
 Bits per weight: 4 + 8/64 + 32/(64*256) = 4.127 with double quantization, 4 + 32/64 = 4.5
 without (plus, per tensor, the float32 mean and the two code books a bitsandbytes file holds).
+
+FP4 is the same layout with another code book: e2m1 floats (a sign, 2 exponent bits with bias
+2, 1 mantissa bit; the smallest code a subnormal) divided by their maximum, 12, as bitsandbytes'
+get_4bit_type("fp4") builds them and writes them to a file's quant_map:
+{0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1} and their negatives, in bitsandbytes' code order (not
+sorted: code 3 is 1.0, code 8 is -0). bitsandbytes' CPU kernels round with a 4-decimal copy of
+it (0.6667 for 2/3); lowbit rounds to the exact values the file records.
 
 Blocks run over the flattened (row-major) weight, so a block may span two rows when a row is
 not a multiple of 64 long. Codes of rtn() are bitsandbytes' quantize_4bit exactly: chosen
@@ -29,12 +37,25 @@ NF4_VALUES = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.394917488098144
               -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
               0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
               0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+# e2m1 in bitsandbytes' bit-pattern order (codes 0..7 positive, 8..15 negative), before /12
+FP4_E2M1 = (0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0)
+QUANT_TYPES = ("nf4", "fp4")
 BLOCK = 64
 NESTED_BLOCK = 256
 
 
 def nf4_code() -> torch.Tensor:
     return torch.tensor(NF4_VALUES, dtype=torch.float32)
+
+
+def code_book(quant_type: str) -> torch.Tensor:
+    """The 16 values of a 4-bit code, float32, in code order."""
+    if quant_type == "nf4":
+        return nf4_code()
+    if quant_type == "fp4":
+        e2m1 = torch.tensor(FP4_E2M1, dtype=torch.float32)
+        return e2m1 / e2m1.abs().max()
+    raise ValueError(f"unknown 4-bit code {quant_type!r}: use one of {', '.join(QUANT_TYPES)}")
 
 
 def dynamic_code() -> torch.Tensor:
@@ -50,8 +71,12 @@ def dynamic_code() -> torch.Tensor:
 
 
 def _nearest(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest value of the sorted code for x in [-1, 1]; a tie takes the lower."""
-    return torch.bucketize(x, (code[:-1] + code[1:]) / 2)
+    """Index of the nearest value of the code for x in [-1, 1]; a tie takes the lower value
+    (FP4's -0 and +0 tie at 0: the first of them in sorted order, as bitsandbytes picks)."""
+    order = torch.argsort(code, stable=True)
+    ordered = code[order]
+    at = torch.bucketize(x, (ordered[:-1] + ordered[1:]) / 2)
+    return at if torch.equal(order, torch.arange(code.numel())) else order[at]
 
 
 LUT_SIZE = 65536
@@ -115,9 +140,9 @@ def double_dequantize(q: torch.Tensor, absmax2: torch.Tensor, offset: torch.Tens
 @register_kind
 @dataclass
 class NF4Tensor(QTensor):
-    """codes (out, in) uint8 0..15; per block of `block` weights (row-major) its absmax, stored
-    as float32 (absmax) or, double quantized, as 8-bit codes qabsmax with absmax2 per
-    nested_block of them and the removed mean offset."""
+    """codes (out, in) uint8 0..15 into the quant_type's code book (nf4 or fp4); per block of
+    `block` weights (row-major) its absmax, stored as float32 (absmax) or, double quantized, as
+    8-bit codes qabsmax with absmax2 per nested_block of them and the removed mean offset."""
     kind = "nf4"
     codes: torch.Tensor
     absmax: torch.Tensor | None          # float32 (nblocks,), without double quantization
@@ -126,6 +151,7 @@ class NF4Tensor(QTensor):
     offset: torch.Tensor | None          # float32 ()
     block: int = BLOCK
     nested_block: int = NESTED_BLOCK
+    quant_type: str = "nf4"
 
     @property
     def double_quant(self) -> bool:
@@ -134,6 +160,9 @@ class NF4Tensor(QTensor):
     @property
     def shape(self):
         return tuple(self.codes.shape)
+
+    def grid_name(self) -> str:
+        return self.quant_type
 
     def block_absmax(self) -> torch.Tensor:
         """float32 (nblocks,): the absmax each block is decoded with."""
@@ -144,7 +173,7 @@ class NF4Tensor(QTensor):
     def dequantize(self) -> torch.Tensor:
         out, inp = self.shape
         blocks, _ = _flat_blocks(self.codes, self.block)
-        values = nf4_code()[blocks.long()]
+        values = code_book(self.quant_type)[blocks.long()]
         return (values * self.block_absmax()[:, None]).reshape(-1)[: out * inp].reshape(out, inp)
 
     def stored_bytes(self) -> int:
@@ -162,21 +191,23 @@ class NF4Tensor(QTensor):
         return {"codes": self.codes, "absmax": self.absmax}
 
     def header(self):
-        return {"block": self.block, "nested_block": self.nested_block, "double_quant": self.double_quant}
+        return {"block": self.block, "nested_block": self.nested_block, "double_quant": self.double_quant,
+                "quant_type": self.quant_type}
 
     @classmethod
     def from_state(cls, state, header):
         offset = state.get("offset")
         return cls(state["codes"], state.get("absmax"), state.get("qabsmax"), state.get("absmax2"),
-                   None if offset is None else offset.reshape(()), header["block"], header["nested_block"])
+                   None if offset is None else offset.reshape(()), header["block"], header["nested_block"],
+                   header.get("quant_type", "nf4"))
 
     def describe(self):
-        return f"nf4 b{self.block}" + (" dq" if self.double_quant else "")
+        return f"{self.quant_type} b{self.block}" + (" dq" if self.double_quant else "")
 
 
 def _check(W: torch.Tensor) -> None:
     if W.ndim != 2:
-        raise LowbitError(f"NF4 quantizes 2-D weights, got shape {tuple(W.shape)}: keep this tensor in float")
+        raise LowbitError(f"NF4 / FP4 quantize 2-D weights, got shape {tuple(W.shape)}: keep this tensor in float")
 
 
 @dataclass
@@ -190,9 +221,11 @@ class NF4Grid(Grid):
     kind = "nf4"
     static_only = True  # double quantization couples 256 blocks' scales: fitted once, up front
 
-    def __init__(self, block: int = BLOCK, double_quant: bool = True, nested_block: int = NESTED_BLOCK):
+    def __init__(self, block: int = BLOCK, double_quant: bool = True, nested_block: int = NESTED_BLOCK,
+                 quant_type: str = "nf4"):
         self.block, self.double_quant, self.nested_block = block, double_quant, nested_block
-        self.code = nf4_code()
+        self.quant_type = quant_type
+        self.code = code_book(quant_type)
 
     def _store(self, absmax: torch.Tensor):
         if not self.double_quant:
@@ -206,7 +239,7 @@ class NF4Grid(Grid):
         absmax = blocks.abs().amax(dim=1)
         codes = _codes(blocks, absmax, rem, self.code).to(torch.uint8).reshape(-1)[: W.numel()].reshape(W.shape)
         _, stored = self._store(absmax)
-        return NF4Tensor(codes, *stored, self.block, self.nested_block)
+        return NF4Tensor(codes, *stored, self.block, self.nested_block, self.quant_type)
 
     def fit(self, W, importance=None):
         _check(W)
@@ -222,14 +255,19 @@ class NF4Grid(Grid):
 
     def encode(self, fitted, codes, reordered=False):
         if reordered:
-            raise ValueError("NF4 blocks hold contiguous weights: they cannot follow a reordering")
-        return NF4Tensor(codes.to(torch.uint8), *fitted.stored, self.block, self.nested_block)
+            raise ValueError("NF4 / FP4 blocks hold contiguous weights: they cannot follow a reordering")
+        return NF4Tensor(codes.to(torch.uint8), *fitted.stored, self.block, self.nested_block, self.quant_type)
 
     def describe(self):
-        return f"nf4 b{self.block}" + (" dq" if self.double_quant else "")
+        return f"{self.quant_type} b{self.block}" + (" dq" if self.double_quant else "")
 
 
-@register_grid("nf4")
-def _nf4_grid(spec, auto_clip):
-    block = spec.group_size if spec.group_size > 0 else BLOCK
-    return NF4Grid(block, getattr(spec, "double_quant", True))
+def _code_grid(quant_type: str):
+    def factory(spec, auto_clip):
+        block = spec.group_size if spec.group_size > 0 else BLOCK
+        return NF4Grid(block, getattr(spec, "double_quant", True), quant_type=quant_type)
+    return factory
+
+
+register_grid("nf4")(_code_grid("nf4"))
+register_grid("fp4")(_code_grid("fp4"))

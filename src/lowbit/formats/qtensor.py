@@ -59,6 +59,10 @@ class QTensor:
 
         return SimpleNamespace(kind=self.kind, **self.header())
 
+    def grid_name(self) -> str:
+        """The spec grid (formats/grid.py) these codes are on, as formats' holds name it."""
+        return self.kind
+
     def drop_decoded(self) -> None:
         """Forget what dequantize() can compute again from the state (float values kept only to
         save the decoding): the walk calls it once the weight holds them."""

@@ -129,10 +129,23 @@ def load_quantized(path: Path, dtype=torch.float32):
     if non_buffers:
         raise ValueError(f"{path}: weights missing from the checkpoint: {non_buffers[:3]}")
     init_nonpersistent_buffers(model)
+    attach_activation_rounding(model, tensors)
     meta = {}
     if (path / META_FILE).is_file():
         meta = json.loads((path / META_FILE).read_text())
     return Loaded(model.eval(), load_tokenizer(path), str(path.resolve()), "quantized", tensors, meta)
+
+
+def attach_activation_rounding(model, tensors: dict) -> None:
+    """Hook each Linear whose codes record an activation scheme (FP8 per-token inputs): the
+    model then computes as the runtime that loads the file does."""
+    from lowbit.formats.act_quant import attach
+
+    by_scheme: dict[str, list[str]] = {}
+    for name, qt in tensors.items():
+        by_scheme.setdefault(getattr(qt, "act", "none"), []).append(name)
+    for scheme, names in by_scheme.items():
+        attach(model, names, scheme)
 
 
 def _tied_keys(model) -> set[str]:

@@ -10,6 +10,16 @@ On disk, per quantized Linear `name` (names on the module equal names on disk):
   name.weight_shape       int32 [out, in]
 The reference library refuses group sizes that do not divide the row, so fit_layout()
 picks the largest group size that does, and the change is recorded.
+
+FP8 weights ("float-quantized", the layout of vLLM's FP8 checkpoints):
+  name.weight             float8_e4m3fn (out, in)
+  name.weight_scale       float, (1,) per tensor, (out, 1) per channel, or
+                          (ceil(out / B), ceil(in / B)) per B x B block (block_structure [B, B])
+
+NVFP4 weights ("nvfp4-pack-quantized", formats/nvfp4.py):
+  name.weight_packed      uint8 (out, in / 2)   two e2m1 codes per byte, the first in the low nibble
+  name.weight_scale       float8_e4m3fn (out, in / 16)
+  name.weight_global_scale  float32 (1,)
 """
 from __future__ import annotations
 
@@ -20,11 +30,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from lowbit.formats import QuantizedTensor, column_groups, pack_words, unpack_words
+from lowbit.errors import LowbitError
+from lowbit.formats import FP8Tensor, QuantizedTensor, column_groups, pack_words, unpack_words
 from lowbit.io.file_checks import check_packed, check_safetensors, safetensors_shapes, stored_nbytes
 from lowbit.spec import QuantSpec
 
 FORMAT = "pack-quantized"
+FLOAT_FORMAT = "float-quantized"
+NVFP4_FORMAT = "nvfp4-pack-quantized"
 CT_VERSION = "0.12.2"  # the config schema we write; loads with compressed-tensors 0.10-0.13
 
 
@@ -33,6 +46,8 @@ def fit_layout(name: str, spec: QuantSpec, shape: tuple) -> QuantSpec:
     one that divides the row; act-order only with static groups (actorder "group", i.e. a
     per-column g_idx, was removed from the library)."""
     from dataclasses import replace
+    if spec.grid in ("fp8", "nvfp4"):
+        return spec  # fp8: any tile, the library pads partial blocks itself; nvfp4: blocks of 16
     in_features = shape[1]
     g = spec.group_size
     if g > 0 and in_features % g:
@@ -48,7 +63,16 @@ def _strategy(group_size: int) -> str:
     return "group" if group_size > 0 else ("channel" if group_size == -1 else "tensor")
 
 
-def weight_args(qt: QuantizedTensor) -> dict:
+def weight_args(qt) -> dict:
+    if qt.kind == "nvfp4":
+        return {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16,
+                "strategy": "tensor_group", "dynamic": False, "scale_dtype": "torch.float8_e4m3fn",
+                "observer": "static_minmax"}
+    if qt.kind == "fp8":
+        return {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None,
+                "strategy": _strategy(qt.block).replace("group", "block"),
+                "block_structure": [qt.block, qt.block] if qt.block > 0 else None,
+                "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
     return {
         "num_bits": qt.bits, "type": "int", "symmetric": qt.symmetric,
         "group_size": qt.group_size if qt.group_size > 0 else None,
@@ -58,24 +82,60 @@ def weight_args(qt: QuantizedTensor) -> dict:
     }
 
 
+# input_activations of a config group, by lowbit's activation scheme (formats/act_quant.py)
+ACT_ARGS = {"fp8-token": {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None,
+                          "strategy": "token", "block_structure": None, "dynamic": True, "actorder": None,
+                          "observer": None, "observer_kwargs": {}}}
+
+
+def act_scheme(args: dict | None) -> str:
+    """lowbit's name for a group's input_activations, or a one-line error for one it cannot run."""
+    if not args:
+        return "none"
+    for name, ours in ACT_ARGS.items():
+        if all(args.get(k) == ours[k] for k in ("num_bits", "type", "strategy", "dynamic")):
+            return name
+    raise LowbitError(f"input_activations {args.get('num_bits')}-bit {args.get('type')} {args.get('strategy')} "
+                      f"(dynamic {args.get('dynamic')}) are not evaluated by lowbit yet: it runs dynamic "
+                      "per-token FP8 activations")
+
+
 def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
     groups: dict[str, dict] = {}
     by_args: dict[str, list[str]] = {}
     for name, qt in tensors.items():
-        by_args.setdefault(json.dumps(weight_args(qt), sort_keys=True), []).append(name)
+        key = {"weights": weight_args(qt), "act": getattr(qt, "act", "none")}
+        by_args.setdefault(json.dumps(key, sort_keys=True), []).append(name)
     for i, (args, names) in enumerate(sorted(by_args.items(), key=lambda kv: -len(kv[1]))):
-        groups[f"group_{i}"] = {"targets": sorted(names), "weights": json.loads(args),
-                                "input_activations": None, "output_activations": None,
-                                "format": FORMAT}
+        key = json.loads(args)
+        weights = key["weights"]
+        groups[f"group_{i}"] = {"targets": sorted(names), "weights": weights,
+                                "input_activations": ACT_ARGS.get(key["act"]), "output_activations": None,
+                                "format": _group_format(weights)}
+    formats = {g["format"] for g in groups.values()} or {FORMAT}
     return {
-        "quant_method": "compressed-tensors", "format": FORMAT,
+        "quant_method": "compressed-tensors", "format": formats.pop() if len(formats) == 1 else "mixed-precision",
         "quantization_status": "compressed", "config_groups": groups,
         "ignore": sorted(ignore), "kv_cache_scheme": None,
         "global_compression_ratio": None, "sparsity_config": {}, "version": CT_VERSION,
     }
 
 
-def pack_tensor(name: str, qt: QuantizedTensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _group_format(weights: dict) -> str:
+    if weights["type"] != "float":
+        return FORMAT
+    return NVFP4_FORMAT if weights["num_bits"] == 4 else FLOAT_FORMAT
+
+
+def pack_tensor(name: str, qt, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    if qt.kind == "nvfp4":
+        c = qt.codes
+        return {f"{name}.weight_packed": (c[:, 0::2] | (c[:, 1::2] << 4)).to(torch.uint8).contiguous(),
+                f"{name}.weight_scale": qt.scale.contiguous(),
+                f"{name}.weight_global_scale": qt.global_scale.float().reshape(1)}
+    if qt.kind == "fp8":
+        scale = qt.scale.reshape(1) if qt.block == 0 else qt.scale
+        return {f"{name}.weight": qt.codes.contiguous(), f"{name}.weight_scale": scale.to(dtype).contiguous()}
     if qt.act_order:
         raise ValueError(f"{name}: compressed-tensors no longer loads a per-column g_idx; "
                          "quantize with fit_layout (act-order with static groups)")
@@ -98,14 +158,19 @@ def _matches(name: str, target: str) -> bool:
     return name == target
 
 
-def args_for(name: str, qconfig: dict) -> dict | None:
+def group_for(name: str, qconfig: dict) -> dict | None:
     for group in qconfig.get("config_groups", {}).values():
         if any(_matches(name, t) for t in group.get("targets", [])):
-            return group["weights"]
+            return group
     for group in qconfig.get("config_groups", {}).values():
         if "Linear" in group.get("targets", []):
-            return group["weights"]
+            return group
     return None
+
+
+def args_for(name: str, qconfig: dict) -> dict | None:
+    group = group_for(name, qconfig)
+    return None if group is None else group["weights"]
 
 
 def unpack_tensor(name: str, t: dict[str, torch.Tensor], args: dict) -> QuantizedTensor:
@@ -138,7 +203,8 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
         with safe_open(str(f), framework="pt") as fh:
             for k in fh.keys():
                 raw[k] = fh.get_tensor(k)
-    suffixes = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape")
+    suffixes = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape",
+                "weight_global_scale")
     modules: dict[str, dict[str, torch.Tensor]] = {}
     plain: dict[str, torch.Tensor] = {}
     for k, v in raw.items():
@@ -150,6 +216,14 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
     tensors = {}
     for mod, t in modules.items():
         args = args_for(mod, qconfig)
+        if args is not None and args.get("type") == "float" and int(args.get("num_bits", 8)) == 4:
+            tensors[mod] = unpack_nvfp4(mod, t, args)
+            continue
+        if args is not None and args.get("type") == "float" and "weight_packed" not in t:
+            qt = unpack_float(mod, plain.pop(f"{mod}.weight", None), t["weight_scale"], args)
+            qt.act = act_scheme(group_for(mod, qconfig).get("input_activations"))
+            tensors[mod] = qt
+            continue
         if args is None or "weight_packed" not in t:
             raise ValueError(f"{mod}: no quantization args in config.json for its packed weight")
         check_packed(model_dir, mod, t, args)  # shapes agree before unpacking allocates
@@ -157,11 +231,48 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
     return tensors, plain
 
 
+def unpack_float(name: str, weight: torch.Tensor | None, scale: torch.Tensor, args: dict) -> FP8Tensor:
+    """FP8Tensor from a float-quantized module's weight and weight_scale."""
+    if weight is None or weight.dtype != torch.float8_e4m3fn or weight.ndim != 2:
+        raise LowbitError(f"{name}: a float-quantized weight must be a 2-D float8_e4m3fn tensor "
+                          f"(got {None if weight is None else weight.dtype}): the file is not compressed-tensors FP8")
+    strategy = args.get("strategy") or "tensor"
+    if int(args.get("num_bits", 8)) != 8 or strategy not in ("tensor", "channel", "block"):
+        raise LowbitError(f"{name}: lowbit reads 8-bit float weights per tensor, channel or block, "
+                          f"not {args.get('num_bits')}-bit {strategy}")
+    block = {"tensor": 0, "channel": -1}.get(strategy) or int((args.get("block_structure") or [0])[0])
+    from lowbit.formats.fp8 import tile_shape
+
+    want = tile_shape(tuple(weight.shape), block)
+    if scale.numel() != want[0] * want[1]:
+        raise LowbitError(f"{name}: weight_scale has {scale.numel()} values, a {strategy} scale of a "
+                          f"{tuple(weight.shape)} weight needs {want[0] * want[1]}: the file is damaged")
+    return FP8Tensor(weight, scale.float().reshape(want), block)
+
+
+def unpack_nvfp4(name: str, t: dict, args: dict):
+    from lowbit.formats.nvfp4 import BLOCK, NVFP4Tensor
+
+    if args.get("strategy") != "tensor_group" or args.get("group_size") != BLOCK or "weight_global_scale" not in t:
+        raise LowbitError(f"{name}: lowbit reads FP4 weights as NVFP4 (tensor_group, groups of {BLOCK}, a global "
+                          f"scale), not {args.get('strategy')} groups of {args.get('group_size')}")
+    packed = t["weight_packed"]
+    if packed.dtype != torch.uint8 or t["weight_scale"].dtype != torch.float8_e4m3fn:
+        raise LowbitError(f"{name}: NVFP4 needs uint8 weight_packed and float8_e4m3fn weight_scale: the file is damaged")
+    out, half = packed.shape
+    if tuple(t["weight_scale"].shape) != (out, 2 * half // BLOCK):
+        raise LowbitError(f"{name}: weight_scale {tuple(t['weight_scale'].shape)} does not fit a "
+                          f"({out}, {2 * half}) weight in groups of {BLOCK}: the file is damaged")
+    codes = torch.stack([packed & 0xF, packed >> 4], dim=2).reshape(out, 2 * half)
+    return NVFP4Tensor(codes, t["weight_scale"], t["weight_global_scale"].float().reshape(1))
+
+
 def _detect(qconfig: dict) -> bool:
     return qconfig.get("quant_method") == "compressed-tensors"
 
 
-CT_SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape")
+CT_SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape",
+               "weight_global_scale")
 
 
 def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
@@ -169,6 +280,20 @@ def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
     stored = weights = 0
     for f in sorted(path.glob("*.safetensors")):
         head = safetensors_shapes(f)
+        for k, (dtype, shape) in head.items():  # FP8 weights: their own shape
+            mod = k[: -len(".weight")]
+            if k.endswith(".weight") and dtype == "F8_E4M3" and f"{mod}.weight_scale" in head:
+                weights += shape[0] * shape[1]
+                stored += 8 * (stored_nbytes(dtype, shape) + stored_nbytes(*head[f"{mod}.weight_scale"]))
+        for k, (dtype, shape) in head.items():  # NVFP4 weights: two codes per byte of weight_packed
+            mod = k[: -len(".weight_global_scale")]
+            if k.endswith(".weight_global_scale"):
+                out, half = head[f"{mod}.weight_packed"][1]
+                weights += out * 2 * half
+                stored += 8 * sum(stored_nbytes(*head[f"{mod}.{x}"]) for x in
+                                  ("weight_packed", "weight_scale", "weight_global_scale"))
+        nv = {k[: -len(".weight_global_scale")] for k in head if k.endswith(".weight_global_scale")}
+        head = {k: v for k, v in head.items() if k.rpartition(".")[0] not in nv}
         shapes = [k for k in head if k.rpartition(".")[2] == "weight_shape"]
         if not shapes:
             continue
@@ -184,4 +309,4 @@ def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
 from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("compressed-tensors", fit_layout, pack_tensor, quantization_config,
-                                 _detect, read_tensors, stored_bits=stored_bits))
+                                 _detect, read_tensors, stored_bits=stored_bits, holds=("int", "fp8", "nvfp4")))

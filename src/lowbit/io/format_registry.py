@@ -34,6 +34,7 @@ class CheckpointFormat:
     holds: tuple[str, ...] = ("int",)
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     g_idx: bool = False
+    one_grid: bool = False  # its config records one grid for the whole model (bitsandbytes' quant_type)
     # (directory, quantization_config) -> stored bits per quantized weight, from tensor sizes
     stored_bits: Callable[[Path, dict], float | None] | None = None
     title: str = ""  # how messages name it ("AWQ GEMM"); default: the name
@@ -45,6 +46,9 @@ class CheckpointFormat:
     def check_spec(self, spec: QuantSpec) -> None:
         """One-line error, before any loading, for a grid or width this format cannot store."""
         grids = {spec.for_module(p).grid for p, _ in spec.overrides} | {spec.grid}
+        if self.one_grid and len(grids) > 1:
+            raise LowbitError(f"{self.label} records one grid for the whole model, not {' and '.join(sorted(grids))}: "
+                              "use one --grid for every Linear")
         for grid in sorted(grids):
             if grid not in self.holds:
                 raise LowbitError(f"{self.label} does not store the {grid} grid (it holds {', '.join(self.holds)}): "

@@ -18,6 +18,7 @@ import torch
 from lowbit.arch import arch_for, decoder_layers, head_input_modules
 from lowbit.errors import LowbitError
 from lowbit.formats import QTensor, grid_for
+from lowbit.formats.act_quant import attach
 from lowbit.hardware import resolve_forward_dtype
 from lowbit.memory import release_free_memory
 from lowbit.methods import get_method
@@ -181,6 +182,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         release_free_memory()
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
         qt.drop_decoded()  # the weight holds them: a layer of GGML values would be held twice
+        attach(module, [""], getattr(qt, "act", "none"))  # later layers see inputs as the runtime rounds them
         result.tensors[name], result.specs[name] = qt, mspec
 
     # resolved and checked before any calibration work
@@ -311,6 +313,7 @@ def _restore(store, model, layers, prefix: str, result: QuantResult, in_memory: 
                 rel = name[len(f"{prefix}.{j}."):]
                 w = layer.get_submodule(rel).weight
                 w.data.copy_(qt.dequantize().to(w.dtype))
+                attach(layer.get_submodule(rel), [""], getattr(qt, "act", "none"))
             layer.load_state_dict({k[len(f"{prefix}.{j}."):]: v for k, v in plain.items()}, strict=False)
     result.stored_layers = done + 1
     if done >= 0:
