@@ -28,10 +28,10 @@ def quantized_copy(base_model, spec, calib):
     """A quantized copy as `lowbit quantize` makes it for compressed-tensors (smoothing too, when
     spec.method_args["smooth"] is "on")."""
     from lowbit.pipeline.sequential import target_linears
-    from lowbit.pipeline.smoothing import weight_only_smoothing
+    from lowbit.pipeline.smoothing import format_smoothing
 
     model = copy.deepcopy(base_model)
     torch.manual_seed(0)
-    transform = weight_only_smoothing(model, spec, target_linears(model, spec), ct.fit_layout)
+    transform = format_smoothing(model, spec, target_linears(model, spec), ct.fit_layout)
     result = quantize_model(model, spec, calib, fit_layout=ct.fit_layout, transforms=[transform])
     return model, result

@@ -18,3 +18,10 @@ def run_peer(req: dict) -> dict:
     r = subprocess.run([str(PEER), str(RUNNER)], input=json.dumps(req), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
+
+
+def installed_llama_cpp_lib() -> Path | None:
+    """libggml-base of the llama.cpp peer venv (llama-cpp-python built from source), if any:
+    its ggml_quantize_chunk is llama.cpp's own C quantizer."""
+    found = sorted(PEER.parent.parent.glob("lib/python3*/site-packages/llama_cpp/lib/libggml-base.so"))
+    return found[0] if found else None

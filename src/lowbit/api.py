@@ -32,7 +32,7 @@ from lowbit.pipeline.layer_store import LayerStore, work_dir_for
 from lowbit.pipeline.sequential import target_linears
 from lowbit.pipeline import smoothing
 from lowbit.pipeline.gguf import GGUFOutput
-from lowbit.pipeline.smoothing import check_smooth, weight_only_smoothing
+from lowbit.pipeline.smoothing import check_smooth, format_smoothing
 from lowbit.spec import QuantSpec, preset
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         fit, transforms = gguf.fit, gguf.transforms
     else:
         fit = writer.fit
-        transforms = [weight_only_smoothing(loaded.model, spec, target_linears(loaded.model, spec), fit)]
+        transforms = [format_smoothing(loaded.model, spec, target_linears(loaded.model, spec), fit)]
     store = None
     if out is not None:
         run = {"model": loaded.source, "spec": spec.to_dict(), "calibration": calib_info, "format": format,

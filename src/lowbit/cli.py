@@ -168,15 +168,20 @@ def _given(**flags) -> list[str]:
     return [name for name, value in flags.items() if value is not None]
 
 
+# methods whose settings are their own (int8 weights per channel with int8 activations): their
+# preset is the default when no --preset is given
+METHOD_PRESETS = {"smoothquant": "w8a8", "llm-int8": "llm-int8"}
+
+
 def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order, static_groups,
                    true_sequential, forward_dtype, smooth, grid=None, double_quant=None):
     """The QuantSpec a quantize command asks for: the preset (default: lowbit's best measured
     4-bit recipe), then every option given beside it; options that do not apply are refused."""
     from lowbit.methods.gptq import GPTQOptions
     from lowbit.options import WalkOptions
-    from lowbit.spec import BEST_4BIT, CODE_BOOK_GRIDS, FP8_GRIDS, QuantSpec, preset
+    from lowbit.spec import BEST_4BIT, CODE_BOOK_GRIDS, FP8_GRIDS, MICROSCALING, QuantSpec, preset
 
-    base = preset(preset_name or BEST_4BIT)
+    base = preset(preset_name or METHOD_PRESETS.get(method) or BEST_4BIT)
     walk, gptq = WalkOptions(), GPTQOptions()  # the defaults of options not given
     method = method or base.method
     gptq_only = _given(**{"--damp-percent": damp_percent, "--act-order/--no-act-order": act_order,
@@ -201,11 +206,13 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
                          group_size=default_group if group_size is None else group_size,
                          double_quant=base.double_quant if double_quant is None else double_quant,
                          method_args=method_args)
-    if grid == "nvfp4":
-        if sym is not None or clip is not None or group_size not in (None, 16):
-            raise LowbitError("--sym/--asym, --clip and --group-size do not apply to --grid nvfp4 (e2m1 in blocks "
-                              "of 16 with float8 scales and a global scale): drop them")
-        return QuantSpec(method=method, grid=grid, bits=4 if bits is None else bits, group_size=16,
+    if grid in MICROSCALING:
+        block = MICROSCALING[grid]
+        if sym is not None or clip is not None or group_size not in (None, block):
+            scales = "float8 scales and a global scale" if grid == "nvfp4" else "power-of-two (e8m0) scales"
+            raise LowbitError(f"--sym/--asym, --clip and --group-size do not apply to --grid {grid} (e2m1 in blocks "
+                              f"of {block} with {scales}): drop them")
+        return QuantSpec(method=method, grid=grid, bits=4 if bits is None else bits, group_size=block,
                          method_args=method_args)
     if grid in FP8_GRIDS:
         if sym is not None or clip is not None:
@@ -217,7 +224,7 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
     return QuantSpec(method=method, bits=base.bits if bits is None else bits,
                      group_size=base.group_size if group_size is None else group_size,
                      symmetric=base.symmetric if sym is None else sym,
-                     clip=clip or base.clip, method_args=method_args)
+                     clip=clip or base.clip, act=base.act, method_args=method_args)
 
 
 def _title(spec, fmt: str, gguf_type: str | None) -> str:
@@ -225,8 +232,8 @@ def _title(spec, fmt: str, gguf_type: str | None) -> str:
 
     if fmt == "gguf":
         return f"{spec.method} {(gguf_type or 'Q4_K_M').upper()} (GGUF)"
-    if spec.grid == "nvfp4":
-        return f"{spec.method} nvfp4"
+    if spec.grid in ("nvfp4", "mxfp4"):
+        return f"{spec.method} {spec.grid}"
     if spec.grid in FP8_GRIDS:
         tile = {0: "per tensor", -1: "per channel"}.get(spec.group_size, f"b{spec.group_size}x{spec.group_size}")
         return f"{spec.method} {spec.grid} {tile}"
@@ -274,7 +281,8 @@ def quantize(
     grid: Optional[str] = typer.Option(None, help="number grid: int (integer affine, default), nf4 "
                                        "(NormalFloat-4 in blocks of --group-size, 64 by default), fp4 "
                                        "(bitsandbytes' e2m1 code book, the same blocks), fp8 / fp8-e5m2 "
-                                       "(a scale per channel; --group-size 0 per tensor, 128 per 128x128 block)"),
+                                       "(a scale per channel; --group-size 0 per tensor, 128 per 128x128 block), nvfp4 "
+                                       "(e2m1, float8 scale per 16, a global scale), mxfp4 (e2m1, power-of-two scale per 32)"),
     double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant",
                                                 help="nf4 / fp4: store block absmax values in 8 bits (default on)"),
     clip: Optional[str] = typer.Option(None, help="grid range: minmax, mse (clipping search), auto (rtn: minmax, gptq: mse)"),
@@ -292,8 +300,9 @@ def quantize(
     seqlen: int = typer.Option(512, help="tokens per calibration sample / eval window"),
     seed: int = typer.Option(0),
     tokenizer: Optional[Path] = typer.Option(None, help="tokenizer directory, for a model saved without one"),
-    fmt: str = typer.Option("compressed-tensors", "--format",
-                            help="output format: compressed-tensors, gptq, gptq-v2, awq, gguf"),
+    fmt: Optional[str] = typer.Option(None, "--format",
+                                      help="output format: compressed-tensors (default; bnb for llm-int8), gptq, "
+                                           "gptq-v2, awq, bnb, gguf"),
     gguf_type: Optional[str] = typer.Option(None, help="--format gguf: llama.cpp file type (Q4_K_M default, Q8_0, Q2_K ...)"),
     smooth: str = typer.Option("auto", help="per-channel smoothing before quantizing: auto (GGUF files with gptq, "
                                             "searched against llama.cpp's rounding of weights and inputs), on "
@@ -320,6 +329,7 @@ def quantize(
     check_smooth(smooth)
     spec = _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order,
                           static_groups, true_sequential, forward_dtype, smooth, grid, double_quant)
+    fmt = fmt or ("bnb" if spec.act == "llm-int8" else "compressed-tensors")  # where each scheme runs
     if output is None:
         stem = Path(model).stem if model else "SmolLM2-135M-Instruct"
         output = Path(f"{stem}-{spec.method}-{(gguf_type or 'Q4_K_M').upper()}.gguf") if fmt == "gguf" \

@@ -164,11 +164,12 @@ def _repack(loaded, fmt: str, out: Path, bits, group_size, symmetric, overwrite)
             if "int" not in writer.holds:
                 raise LowbitError(f"{writer.label} does not store the {grid} grid of {name} (it holds "
                                   f"{', '.join(writer.holds)}): quantize the float model with --format {fmt} instead")
-            spec = writer.fit(name, QuantSpec(bits=bits or DEFAULT_BITS,
-                                              group_size=DEFAULT_GROUP if group_size is None else group_size,
+            # the default width where the target holds it, else its widest per channel (bitsandbytes: int8 rows)
+            b, g = (DEFAULT_BITS, DEFAULT_GROUP) if DEFAULT_BITS in writer.bits else (writer.bits[-1], -1)
+            spec = writer.fit(name, QuantSpec(bits=bits or b, group_size=g if group_size is None else group_size,
                                               symmetric=True if symmetric is None else symmetric), qt.shape)
-            tensors[name] = quantize_rtn(qt.dequantize(), spec.bits, spec.symmetric, spec.group_size, "minmax",
-                                         spec.scale_dtype)
+            tensors[name] = replace(quantize_rtn(qt.dequantize(), spec.bits, spec.symmetric, spec.group_size,
+                                                 "minmax", spec.scale_dtype), act=spec.act)
             reasons.add(f"{grid} -> int{spec.bits}")
             counts["requantized"] += 1
             continue

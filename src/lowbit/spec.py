@@ -14,9 +14,10 @@ from typing import Any
 from lowbit.errors import LowbitError
 
 DEFAULT_IGNORE = ("lm_head",)
-GRID_NAMES = ("int", "nf4", "fp4", "fp8", "fp8-e5m2", "nvfp4")  # grids a spec may name (GGML block types come from a GGUF file type)
+MICROSCALING = {"nvfp4": 16, "mxfp4": 32}  # e2m1 grids with a fixed block
+GRID_NAMES = ("int", "nf4", "fp4", "fp8", "fp8-e5m2", "nvfp4", "mxfp4")  # grids a spec may name (GGML block types come from a GGUF file type)
 CODE_BOOK_GRIDS = ("nf4", "fp4")  # 16 fixed values scaled by each block's absmax (formats/nf4.py)
-ACT_SCHEMES = ("none", "fp8-token")  # a Linear's input as the runtime rounds it (formats/act_quant.py)
+ACT_SCHEMES = ("none", "fp8-token", "int8-token", "llm-int8")  # a Linear's input as the runtime rounds it (formats/act_quant.py)
 FP8_GRIDS = ("fp8", "fp8-e5m2")  # float8 codes, a scale per tensor / channel / square block (formats/fp8.py)
 
 
@@ -69,8 +70,13 @@ class QuantSpec:
             raise LowbitError(f"activation scheme {self.act!r} is unknown: use {' or '.join(ACT_SCHEMES)}")
         if self.act == "fp8-token" and self.grid != "fp8":
             raise LowbitError(f"fp8-token activations go with FP8 weights (--grid fp8), not the {self.grid} grid")
-        if self.grid == "nvfp4" and self.bits != 4:
-            raise LowbitError(f"the nvfp4 grid is 4 bits (got bits={self.bits}): use --bits 4 or drop --bits")
+        if self.act in ("int8-token", "llm-int8") and (self.grid, self.bits, self.group_size, self.symmetric) != (
+                "int", 8, -1, True):
+            raise LowbitError(f"{self.act} activations run an int8 GEMM on int8 weights with a scale per output "
+                              f"channel: use --bits 8 --group-size -1 --sym (got {self.grid} {self.bits}-bit, "
+                              f"group size {self.group_size})")
+        if self.grid in MICROSCALING and self.bits != 4:
+            raise LowbitError(f"the {self.grid} grid is 4 bits (got bits={self.bits}): use --bits 4 or drop --bits")
         if self.grid in FP8_GRIDS and self.bits != 8:
             raise LowbitError(f"the {self.grid} grid is 8 bits (got bits={self.bits}): use --bits 8 or drop --bits")
         if self.scale_dtype not in (None, "float16", "bfloat16", "float32"):
@@ -114,7 +120,7 @@ def match_name(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-# presets that are not integer affine: name -> QuantSpec fields
+# presets beyond "[method-]wBITS[gGROUP]": other grids, activation schemes; name -> QuantSpec fields
 GRID_PRESETS = {"nf4": {"grid": "nf4", "bits": 4, "group_size": 64},
                 "gptq-nf4": {"grid": "nf4", "bits": 4, "group_size": 64, "method": "gptq"},
                 "nf4-nodq": {"grid": "nf4", "bits": 4, "group_size": 64, "double_quant": False},
@@ -126,7 +132,13 @@ GRID_PRESETS = {"nf4": {"grid": "nf4", "bits": 4, "group_size": 64},
                 "fp8-weight": {"grid": "fp8", "bits": 8, "group_size": -1},
                 "fp8-block": {"grid": "fp8", "bits": 8, "group_size": 128},
                 "nvfp4": {"grid": "nvfp4", "bits": 4, "group_size": 16},
-                "gptq-nvfp4": {"grid": "nvfp4", "bits": 4, "group_size": 16, "method": "gptq"}}
+                "gptq-nvfp4": {"grid": "nvfp4", "bits": 4, "group_size": 16, "method": "gptq"},
+                "mxfp4": {"grid": "mxfp4", "bits": 4, "group_size": 32},
+                "gptq-mxfp4": {"grid": "mxfp4", "bits": 4, "group_size": 32, "method": "gptq"},
+                # int8 weights per output channel, each token's input in int8, an int8 GEMM
+                "w8a8": {"bits": 8, "group_size": -1, "act": "int8-token", "method": "smoothquant"},
+                "w8a8-rtn": {"bits": 8, "group_size": -1, "act": "int8-token"},
+                "llm-int8": {"bits": 8, "group_size": -1, "act": "llm-int8", "method": "llm-int8"}}
 
 _PRESET = re.compile(r"^(?:(?P<method>[a-z0-9]+)-)?w(?P<bits>\d)(?:g(?P<group>\d+))?"
                      r"(?P<sym>-sym|-asym)?(?P<mse>-mse)?$")

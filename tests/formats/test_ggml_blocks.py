@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 from pathlib import Path
 
 import gguf
@@ -15,6 +14,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from lowbit.formats import ggml_blocks as gb
+from peers import installed_llama_cpp_lib
 from lowbit.formats.ggml_search import seqsum
 
 GOLDEN = Path(__file__).parents[1] / "data" / "ggml_golden" / "golden.npz"
@@ -176,17 +176,10 @@ def test_bytes_equal_llama_cpp(golden):
     assert not report, "\n".join(report)
 
 
-def _installed_llama_cpp():
-    """libggml-base from the llama.cpp peer venv (llama-cpp-python built from source), if any."""
-    peer = Path(os.environ.get("LOWBIT_LLAMACPP_PYTHON", "/work/peers/venv-llamacpp/bin/python"))
-    found = sorted(peer.parent.parent.glob("lib/python3*/site-packages/llama_cpp/lib/libggml-base.so"))
-    return found[0] if found else None
-
-
-@pytest.mark.skipif(_installed_llama_cpp() is None, reason="llama.cpp peer venv not found")
+@pytest.mark.skipif(installed_llama_cpp_lib() is None, reason="llama.cpp peer venv not found")
 def test_bytes_equal_an_installed_llama_cpp(golden):
     """A second, independently built llama.cpp: its ggml_quantize_chunk on the fixture inputs."""
-    fn = ctypes.CDLL(str(_installed_llama_cpp())).ggml_quantize_chunk
+    fn = ctypes.CDLL(str(installed_llama_cpp_lib())).ggml_quantize_chunk
     fn.restype = ctypes.c_size_t
     fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                    ctypes.c_int64, ctypes.c_void_p]

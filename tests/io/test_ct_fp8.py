@@ -112,7 +112,7 @@ def test_fp8_dynamic_activations_are_run_by_both_loaders(root):
     assert diff > 1e-4, diff
 
 
-def test_export_re_quantizes_fp8_for_integer_formats_and_refuses_bnb(root, tmp_path, capsys):
+def test_export_re_quantizes_fp8_for_integer_formats(root, tmp_path, capsys):
     from lowbit.convert import export
 
     summary = export(str(root / "fp8-weight"), "gptq", tmp_path / "g", warn=lambda line: None)
@@ -120,9 +120,13 @@ def test_export_re_quantizes_fp8_for_integer_formats_and_refuses_bnb(root, tmp_p
     assert load_model(str(tmp_path / "g")).quantized
     same = export(str(root / "fp8"), "compressed-tensors", tmp_path / "same")
     assert same["lossless"] and same["exact"] == 14
-    code, _, err = run(["export", str(root / "fp8"), "--format", "bnb", "-o", str(tmp_path / "b")], capsys)
-    one_line_error(code, err, "does not store the fp8 grid", "--format bnb")
-    assert not (tmp_path / "b").exists()
+    # bitsandbytes holds int8 rows (LLM.int8()), not 4-bit integers: FP8 goes there as int8
+    to_bnb = export(str(root / "fp8"), "bnb", tmp_path / "b", warn=lambda line: None)
+    assert to_bnb["requantized"] == 14 and "fp8 -> int8" in to_bnb["requantize_reason"]
+    assert all(t.act == "llm-int8" for t in load_model(str(tmp_path / "b")).quantized.values())
+    code, _, err = run(["export", str(root / "fp8"), "--format", "awq", "--bits", "3", "-o", str(tmp_path / "a")], capsys)
+    one_line_error(code, err, "3")
+    assert not (tmp_path / "a").exists()
 
 
 def test_nvfp4_file_loads_in_transformers_and_reads_back(root, tmp_path):
@@ -153,3 +157,31 @@ def test_nvfp4_file_loads_in_transformers_and_reads_back(root, tmp_path):
     sizes = [(128, 128)] * 2 + [(64, 128)] * 2 + [(256, 128)] * 2 + [(128, 256)]
     n = 2 * sum(o * i for o, i in sizes)
     assert bits_per_weight(tmp_path / "nv") == pytest.approx(8 * 2 * sum(o * i // 2 + o * i // 16 + 4 for o, i in sizes) / n)
+
+
+def test_mxfp4_file_loads_in_transformers_and_reads_back(root, tmp_path):
+    """MXFP4 (e2m1 + e8m0 scale per 32): compressed-tensors decompresses it (in bfloat16, as for
+    NVFP4), so its logits agree with lowbit's to bfloat16 precision; lowbit reads the same codes."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    from lowbit.eval.size import bits_per_weight
+    from lowbit.formats import MXFP4Tensor
+
+    lowbit.quantize(str(root / "float"), preset("mxfp4"), tmp_path / "mx")
+    q = json.loads((tmp_path / "mx" / "config.json").read_text())["quantization_config"]
+    assert q["format"] == "mxfp4-pack-quantized"
+    (group,) = q["config_groups"].values()
+    assert (group["weights"]["strategy"], group["weights"]["group_size"], group["weights"]["scale_dtype"]) == (
+        "group", 32, "torch.uint8")
+    ours = load_model(str(tmp_path / "mx"))
+    assert all(isinstance(t, MXFP4Tensor) for t in ours.quantized.values()) and len(ours.quantized) == 14
+    theirs = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "mx"), dtype=torch.float32, quantization_config=CompressedTensorsConfig(run_compressed=False)
+    ).eval()
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        la, lb = ours.model(ids).logits, theirs(ids).logits
+    err = (la - lb).abs().max().item() / la.abs().max().item()
+    print("mxfp4 logits: max error relative to max", err)
+    assert err < 5e-3
+    assert bits_per_weight(tmp_path / "mx") == pytest.approx(4.25)

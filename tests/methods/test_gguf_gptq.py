@@ -242,3 +242,33 @@ def test_smoothing_is_skipped_on_a_half_precision_model(caplog):
     assert gguf_smoothing(model, QuantSpec(method="gptq", method_args={"smooth": "off"}), plan, calibration) is None
     assert gguf_smoothing(model.to(torch.bfloat16), QuantSpec(method="gptq"), plan, calibration) is None
     assert "load it in float32" in caplog.text
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_llamacpp_runs_mxfp4_gguf(tmp_path, tiny_tok, method):
+    """GGUF type MXFP4 (39) for every Linear, the output matrix Q8_0: llama.cpp loads and runs the
+    file, and its logits match lowbit's dequantized model as on the other types."""
+    from gguf import GGMLQuantizationType as T
+    from gguf import GGUFReader
+
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE)
+    loaded = _tiny_loaded(tiny_tok)
+    float_model = tiny_llm("llama", hidden=256, vocab=len(tiny_tok))
+    out = tmp_path / "m.gguf"
+    s = lowbit.quantize(loaded, QuantSpec(method=method), out, format="gguf", gguf_type="MXFP4", calib=text,
+                        nsamples=4, seqlen=64)
+    types = {t.name: T(t.tensor_type) for t in GGUFReader(str(out)).tensors}
+    assert types["blk.0.attn_q.weight"] == T.MXFP4 and types["blk.1.ffn_down.weight"] == T.MXFP4
+    assert types["token_embd.weight"] == T.Q8_0
+    ids = tiny_tok("The river rises in the northern hills and flows south. " * 3)["input_ids"]
+    run_peer({"op": "logits", "model": str(out), "windows": [ids], "out": str(tmp_path / "lg")})
+    got = np.load(tmp_path / "lg.0.npy")
+    with torch.no_grad():
+        deq = s["loaded"].model(torch.tensor([ids])).logits[0].numpy()
+        flt = float_model(torch.tensor([ids])).logits[0].numpy()
+    err = np.abs(got - deq).mean()
+    print(method, "llama.cpp vs dequantized", err, "dequantized vs float", np.abs(deq - flt).mean())
+    assert err <= 0.03 * np.abs(deq).mean(), (err, np.abs(deq).mean())
+    assert err <= 0.5 * np.abs(deq - flt).mean(), (err, np.abs(deq - flt).mean())

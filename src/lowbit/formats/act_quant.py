@@ -1,35 +1,47 @@
-"""Dynamic quantization of a Linear's input, as the runtime applies it at every forward pass.
+"""How the runtime treats a Linear's input, by scheme name (recorded on the quantized tensor, `act`):
 
   fp8-token   each token's (row's) values scaled by amax / 448 into float8 e4m3, rounded by
               torch's cast, and back: what an FP8 GEMM with per-token activation scales
               computes (vLLM's FP8-dynamic checkpoints; compressed-tensors' strategy "token")
+  int8-token  W8A8: each token rounded to int8 (amax / 127), multiplied by the int8 weight codes
+              with a real int8 GEMM (runtime/int8_linear.py)
+  llm-int8    LLM.int8(): input columns with a value of |x| >= 6 in float, the rest as int8-token
 
-attach(model, names, scheme) hooks the named Linears so that evaluation runs the quantized
-activations; the hooks are removable (the returned handles)."""
+round_input is the scheme's rounding of an input alone (what the smoothing search compares
+against); attach(module, qt) makes the module compute as the runtime does, removably: a
+pre-hook for fp8-token, the int8 kernel as its forward for the int8 schemes."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from lowbit.formats.fp8 import fp8_max, to_fp8
+from lowbit.runtime import int8_linear
 
-ACT_SCHEMES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 NONE = "none"
 
 
-def register_act(name: str):
-    def deco(fn):
-        ACT_SCHEMES[name] = fn
-        return fn
-    return deco
+@dataclass(frozen=True)
+class ActScheme:
+    round_input: Callable[[torch.Tensor], torch.Tensor]
+    # (signed int8 codes (out, in), scale (out,), bias, input) -> output, for int8 weight schemes
+    kernel: Callable | None = None
 
 
-@register_act("fp8-token")
 def fp8_per_token(x: torch.Tensor) -> torch.Tensor:
     amax = x.detach().abs().amax(dim=-1, keepdim=True).float()
     scale = torch.where(amax > 0, amax / fp8_max("e4m3"), torch.ones_like(amax))
     return (to_fp8(x.float() / scale, "e4m3").float() * scale).to(x.dtype)
+
+
+ACT_SCHEMES: dict[str, ActScheme] = {
+    "fp8-token": ActScheme(fp8_per_token),
+    "int8-token": ActScheme(int8_linear.round_rows, lambda wq, s, b, x: int8_linear.w8a8(x, wq, s, b)),
+    "llm-int8": ActScheme(int8_linear.round_rows_llm_int8, lambda wq, s, b, x: int8_linear.llm_int8(x, wq, s, b)),
+}
+INT8_SCHEMES = tuple(k for k, v in ACT_SCHEMES.items() if v.kernel is not None)
 
 
 def check_act(name: str) -> str:
@@ -40,10 +52,26 @@ def check_act(name: str) -> str:
     return name
 
 
-def attach(model: torch.nn.Module, names, scheme: str) -> list:
-    """Round the input of each named Linear with `scheme` at every forward pass."""
+class _Forward:
+    """Handle of a replaced forward: remove() gives the module its own forward back."""
+    def __init__(self, module):
+        self.module = module
+
+    def remove(self):
+        self.module.__dict__.pop("forward", None)
+        for k in ("int8_codes", "int8_scale"):
+            self.module.__dict__.pop(k, None)
+
+
+def attach(module: torch.nn.Module, qt) -> list:
+    """Make `module` compute as the runtime that loads qt does (its act scheme); [] for none."""
+    scheme = getattr(qt, "act", NONE)
     if scheme == NONE:
         return []
-    fn = ACT_SCHEMES[scheme]
-    return [model.get_submodule(n).register_forward_pre_hook(lambda m, args: (fn(args[0]),) + tuple(args[1:]))
-            for n in names]
+    act = ACT_SCHEMES[scheme]
+    if act.kernel is None:
+        return [module.register_forward_pre_hook(lambda m, args: (act.round_input(args[0]),) + tuple(args[1:]))]
+    wq, scale = qt.signed_codes(), qt.scale.float().reshape(-1)
+    module.int8_codes, module.int8_scale = wq, scale
+    module.forward = lambda x: act.kernel(wq, scale, module.bias, x)
+    return [_Forward(module)]

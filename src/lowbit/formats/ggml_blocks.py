@@ -2,7 +2,7 @@
 
   quantize(W, qtype, importance=None) -> uint8 (rows, cols // block * type_size)
 
-Types: F32 F16 BF16, Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 (ggml_legacy), Q2_K..Q6_K (ggml_kquants).
+Types: F32 F16 BF16, Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 (ggml_legacy), Q2_K..Q6_K (ggml_kquants), MXFP4 (ggml_mxfp4).
 Without importance the bytes are llama.cpp's quantize_row_*_ref; with an importance vector
 (cols,), llama.cpp imatrix semantics (mean squared activation per input column), they are
 its importance-weighted quantize_* paths. Reference: ggml-org/ggml d99724f (llama.cpp's
@@ -24,13 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from lowbit.formats import ggml_mxfp4
 from lowbit.formats.ggml_kquants import CODECS as _K
 from lowbit.formats.ggml_legacy import CODECS as _LEGACY
 from lowbit.formats.ggml_search import BlockCodec
 
 CODECS: dict[T, BlockCodec] = {T[name]: codec for name, codec in {**_LEGACY, **_K}.items()}
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
-SUPPORTED = FLOAT_TYPES + tuple(CODECS)
+CODE_BOOK_TYPES = (T.MXFP4,)  # non-affine values (e2m1 with a power-of-two scale): formats/mxfp4.py
+SUPPORTED = FLOAT_TYPES + tuple(CODECS) + CODE_BOOK_TYPES
 _ROWS_PER_CHUNK_ELEMS = 1 << 17   # weights per chunk: arrays stay in cache, numpy calls stay few
 
 
@@ -82,6 +84,8 @@ def empty_grid(qtype: T, rows: int, cols: int) -> BlockGrid:
 
 
 def block_size(qtype: T) -> int:
+    if qtype in CODE_BOOK_TYPES:
+        return ggml_mxfp4.BLOCK
     return 1 if qtype in FLOAT_TYPES else CODECS[_check_type(qtype)].block
 
 
@@ -159,6 +163,8 @@ def quantize(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> n
     W, qtype, importance = _check(W, qtype, importance)
     if qtype in FLOAT_TYPES:
         return _float_bytes(W, qtype)
+    if qtype == T.MXFP4:
+        return ggml_mxfp4.quantize(W)
     codec = CODECS[qtype]
     return _assemble(codec, *_choose(W, codec, importance))
 
@@ -170,6 +176,8 @@ def fit_grid(W: np.ndarray, qtype: T, importance: np.ndarray | None = None) -> B
     W, qtype, importance = _check(W, qtype, importance)
     if qtype in FLOAT_TYPES:
         raise ValueError(f"{qtype.name} is a float type: it has no affine grid")
+    if qtype in CODE_BOOK_TYPES:
+        raise ValueError(f"{qtype.name} has no affine grid: its grid is formats/mxfp4.py's")
     codec = CODECS[qtype]
     header, _ = _choose(W, codec, importance)
     with np.errstate(over="ignore", invalid="ignore"):

@@ -15,8 +15,9 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from lowbit.errors import LowbitError
-from lowbit.formats import ggml_blocks
+from lowbit.formats import ggml_blocks, ggml_mxfp4
 from lowbit.formats.grid import Grid, register_grid
+from lowbit.formats.mxfp4 import MXFP4Grid
 from lowbit.formats.qtensor import QTensor, register_kind
 
 
@@ -167,6 +168,24 @@ def _np(importance):
     return importance.numpy() if isinstance(importance, torch.Tensor) else np.asarray(importance, np.float32)
 
 
+class GGMLMXFP4Grid(MXFP4Grid):
+    """MXFP4 on llama.cpp's rounding, encoded as GGUF type MXFP4 blocks."""
+    kind = "ggml"
+
+    def __init__(self):
+        super().__init__("ggml")
+        self.qtype = T.MXFP4
+
+    def encode(self, fitted, codes, reordered=False):
+        qt = super().encode(fitted, codes, reordered)
+        blocks = ggml_mxfp4.pack(qt.codes.numpy(), qt.exponent.numpy())
+        return GGMLTensor(T.MXFP4, blocks, qt.dequantize())
+
+    def join_rows(self, parts):
+        return GGMLTensor(T.MXFP4, np.concatenate([p.blocks for p in parts]))
+
+
 @register_grid("ggml")
 def _ggml_grid(spec, auto_clip):
-    return GGMLGrid(ggml_type(spec.ggml_type))
+    qtype = ggml_type(spec.ggml_type)
+    return GGMLMXFP4Grid() if qtype == T.MXFP4 else GGMLGrid(qtype)

@@ -196,6 +196,7 @@ class QuantizedTensor(QTensor):
     group_size: int
     symmetric: bool
     act_order: bool = False  # g_idx is not the plain column // group_size
+    act: str = "none"  # how the runtime treats the input (formats/act_quant.py: int8-token, llm-int8)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -230,16 +231,18 @@ class QuantizedTensor(QTensor):
 
     def header(self) -> dict:
         return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
-                "act_order": self.act_order}
+                "act_order": self.act_order, "act": self.act}
 
     @classmethod
     def from_state(cls, state, header):
         return cls(state["q"], state["scale"], state["zero"], state["g_idx"], header["bits"],
-                   header["group_size"], header["symmetric"], header.get("act_order", False))
+                   header["group_size"], header["symmetric"], header.get("act_order", False),
+                   header.get("act", "none"))
 
     def describe(self) -> str:
         g = {PER_CHANNEL: "per channel", PER_TENSOR: "per tensor"}.get(self.group_size, f"g{self.group_size}")
-        return f"int{self.bits} {g}" + ("" if self.symmetric else " asym")
+        return (f"int{self.bits} {g}" + ("" if self.symmetric else " asym")
+                + ("" if self.act == "none" else f", {self.act} activations"))
 
 
 @dataclass
@@ -268,15 +271,16 @@ class IntAffineGrid(Grid):
     reorderable = True
 
     def __init__(self, bits: int, group_size: int, symmetric: bool = True, clip: str = "minmax",
-                 scale_dtype: str | None = None, dtype: torch.dtype = torch.float32):
-        self.bits, self.group_size, self.symmetric = bits, group_size, symmetric
+                 scale_dtype: str | None = None, dtype: torch.dtype = torch.float32, act: str = "none"):
+        self.bits, self.group_size, self.symmetric, self.act = bits, group_size, symmetric, act
         self.clip, self.scale_dtype, self.dtype = clip, scale_dtype, dtype
         self.block = group_size if group_size > 0 else 0
         self.maxq = 2**bits - 1
         self.rows_independent = group_size != PER_TENSOR  # one scale per tensor couples every row
 
     def rtn(self, W, importance=None):
-        return quantize_rtn(W, self.bits, self.symmetric, self.group_size, self.clip, self.scale_dtype)
+        return replace(quantize_rtn(W, self.bits, self.symmetric, self.group_size, self.clip, self.scale_dtype),
+                       act=self.act)
 
     def fit(self, W, importance=None):
         scale, zero = fit_grid(W, self.bits, self.symmetric, self.group_size, self.clip, self.scale_dtype)
@@ -299,13 +303,13 @@ class IntAffineGrid(Grid):
 
     def encode(self, fitted, codes, reordered=False):
         return QuantizedTensor(codes.to(torch.uint8), fitted.scale, fitted.zero, fitted.g_idx.clone(), self.bits,
-                               self.group_size, self.symmetric, act_order=reordered)
+                               self.group_size, self.symmetric, act_order=reordered, act=self.act)
 
     def join_rows(self, parts):
         first = parts[0]
         return QuantizedTensor(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]),
                                torch.cat([p.zero for p in parts]), first.g_idx, self.bits, self.group_size,
-                               self.symmetric, first.act_order)
+                               self.symmetric, first.act_order, self.act)
 
     def describe(self):
         return QuantizedTensor.describe(self)  # same fields: bits, group_size, symmetric
@@ -314,7 +318,8 @@ class IntAffineGrid(Grid):
 @register_grid("int")
 def _int_grid(spec, auto_clip):
     clip = auto_clip if spec.clip == "auto" else spec.clip
-    return IntAffineGrid(spec.bits, spec.group_size, spec.symmetric, clip, spec.scale_dtype)
+    return IntAffineGrid(spec.bits, spec.group_size, spec.symmetric, clip, spec.scale_dtype,
+                         act=getattr(spec, "act", "none"))
 
 
 def quantize_rtn(W: torch.Tensor, bits: int, symmetric: bool = True, group_size: int = 128,

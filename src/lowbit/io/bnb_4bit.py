@@ -87,7 +87,7 @@ def quantization_config(tensors: dict, ignore: list[str]) -> dict:
             "llm_int8_has_fp16_weight": False, "llm_int8_enable_fp32_cpu_offload": False}
 
 
-def _detect(qconfig: dict) -> bool:
+def detect(qconfig: dict) -> bool:
     return qconfig.get("quant_method") == "bitsandbytes" and bool(qconfig.get("load_in_4bit"))
 
 
@@ -145,9 +145,3 @@ def stored_bits(model_dir: Path, qconfig: dict) -> float | None:
             if mod is not None:
                 stored += 8 * stored_nbytes(dtype, shape)
     return stored / weights if weights else None
-
-
-from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
-
-register_format(CheckpointFormat("bnb", fit_layout, pack_tensor, quantization_config, _detect, read_tensors,
-                                 holds=QUANT_TYPES, bits=(4,), one_grid=True, stored_bits=stored_bits, title="bitsandbytes 4-bit"))

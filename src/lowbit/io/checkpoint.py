@@ -137,15 +137,12 @@ def load_quantized(path: Path, dtype=torch.float32):
 
 
 def attach_activation_rounding(model, tensors: dict) -> None:
-    """Hook each Linear whose codes record an activation scheme (FP8 per-token inputs): the
-    model then computes as the runtime that loads the file does."""
+    """Each Linear whose codes record an activation scheme (FP8 per-token inputs, W8A8, LLM.int8)
+    computes as the runtime that loads the file does: rounded inputs, int8 kernels."""
     from lowbit.formats.act_quant import attach
 
-    by_scheme: dict[str, list[str]] = {}
     for name, qt in tensors.items():
-        by_scheme.setdefault(getattr(qt, "act", "none"), []).append(name)
-    for scheme, names in by_scheme.items():
-        attach(model, names, scheme)
+        attach(model.get_submodule(name), qt)
 
 
 def _tied_keys(model) -> set[str]:

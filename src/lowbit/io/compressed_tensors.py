@@ -20,6 +20,14 @@ NVFP4 weights ("nvfp4-pack-quantized", formats/nvfp4.py):
   name.weight_packed      uint8 (out, in / 2)   two e2m1 codes per byte, the first in the low nibble
   name.weight_scale       float8_e4m3fn (out, in / 16)
   name.weight_global_scale  float32 (1,)
+
+W8A8 ("int-quantized": int8 weights per output channel, dynamic per-token int8 inputs, as vLLM loads it):
+  name.weight             int8 (out, in)   code - 128
+  name.weight_scale       (out, 1)
+
+MXFP4 weights ("mxfp4-pack-quantized", formats/mxfp4.py):
+  name.weight_packed      uint8 (out, in / 2)   as NVFP4
+  name.weight_scale       uint8 (out, in / 32)  e8m0 exponents, scale 2 ** (e - 127)
 """
 from __future__ import annotations
 
@@ -38,6 +46,8 @@ from lowbit.spec import QuantSpec
 FORMAT = "pack-quantized"
 FLOAT_FORMAT = "float-quantized"
 NVFP4_FORMAT = "nvfp4-pack-quantized"
+MXFP4_FORMAT = "mxfp4-pack-quantized"
+INT_FORMAT = "int-quantized"
 CT_VERSION = "0.12.2"  # the config schema we write; loads with compressed-tensors 0.10-0.13
 
 
@@ -46,8 +56,8 @@ def fit_layout(name: str, spec: QuantSpec, shape: tuple) -> QuantSpec:
     one that divides the row; act-order only with static groups (actorder "group", i.e. a
     per-column g_idx, was removed from the library)."""
     from dataclasses import replace
-    if spec.grid in ("fp8", "nvfp4"):
-        return spec  # fp8: any tile, the library pads partial blocks itself; nvfp4: blocks of 16
+    if spec.grid in ("fp8", "nvfp4", "mxfp4"):
+        return spec  # fp8: any tile, the library pads partial blocks itself; nvfp4 / mxfp4: blocks of 16 / 32
     in_features = shape[1]
     g = spec.group_size
     if g > 0 and in_features % g:
@@ -64,6 +74,9 @@ def _strategy(group_size: int) -> str:
 
 
 def weight_args(qt) -> dict:
+    if qt.kind == "mxfp4":
+        return {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 32, "strategy": "group",
+                "dynamic": False, "scale_dtype": "torch.uint8", "zp_dtype": "torch.uint8", "observer": "minmax"}
     if qt.kind == "nvfp4":
         return {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16,
                 "strategy": "tensor_group", "dynamic": False, "scale_dtype": "torch.float8_e4m3fn",
@@ -85,7 +98,10 @@ def weight_args(qt) -> dict:
 # input_activations of a config group, by lowbit's activation scheme (formats/act_quant.py)
 ACT_ARGS = {"fp8-token": {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None,
                           "strategy": "token", "block_structure": None, "dynamic": True, "actorder": None,
-                          "observer": None, "observer_kwargs": {}}}
+                          "observer": None, "observer_kwargs": {}},
+            "int8-token": {"num_bits": 8, "type": "int", "symmetric": True, "group_size": None,
+                           "strategy": "token", "block_structure": None, "dynamic": True, "actorder": None,
+                           "observer": None, "observer_kwargs": {}}}
 
 
 def act_scheme(args: dict | None) -> str:
@@ -97,7 +113,7 @@ def act_scheme(args: dict | None) -> str:
             return name
     raise LowbitError(f"input_activations {args.get('num_bits')}-bit {args.get('type')} {args.get('strategy')} "
                       f"(dynamic {args.get('dynamic')}) are not evaluated by lowbit yet: it runs dynamic "
-                      "per-token FP8 activations")
+                      "per-token FP8 or int8 activations")
 
 
 def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) -> dict:
@@ -111,7 +127,7 @@ def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) 
         weights = key["weights"]
         groups[f"group_{i}"] = {"targets": sorted(names), "weights": weights,
                                 "input_activations": ACT_ARGS.get(key["act"]), "output_activations": None,
-                                "format": _group_format(weights)}
+                                "format": INT_FORMAT if key["act"] == "int8-token" else _group_format(weights)}
     formats = {g["format"] for g in groups.values()} or {FORMAT}
     return {
         "quant_method": "compressed-tensors", "format": formats.pop() if len(formats) == 1 else "mixed-precision",
@@ -124,18 +140,33 @@ def quantization_config(tensors: dict[str, QuantizedTensor], ignore: list[str]) 
 def _group_format(weights: dict) -> str:
     if weights["type"] != "float":
         return FORMAT
-    return NVFP4_FORMAT if weights["num_bits"] == 4 else FLOAT_FORMAT
+    if weights["num_bits"] == 4:
+        return MXFP4_FORMAT if weights["group_size"] == 32 else NVFP4_FORMAT
+    return FLOAT_FORMAT
+
+
+def _pack_fp4(c: torch.Tensor) -> torch.Tensor:
+    return (c[:, 0::2] | (c[:, 1::2] << 4)).to(torch.uint8).contiguous()
+
+
+def _unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
+    out, half = packed.shape
+    return torch.stack([packed & 0xF, packed >> 4], dim=2).reshape(out, 2 * half)
 
 
 def pack_tensor(name: str, qt, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    if qt.kind == "mxfp4":
+        return {f"{name}.weight_packed": _pack_fp4(qt.codes), f"{name}.weight_scale": qt.exponent.contiguous()}
     if qt.kind == "nvfp4":
         c = qt.codes
-        return {f"{name}.weight_packed": (c[:, 0::2] | (c[:, 1::2] << 4)).to(torch.uint8).contiguous(),
+        return {f"{name}.weight_packed": _pack_fp4(c),
                 f"{name}.weight_scale": qt.scale.contiguous(),
                 f"{name}.weight_global_scale": qt.global_scale.float().reshape(1)}
     if qt.kind == "fp8":
         scale = qt.scale.reshape(1) if qt.block == 0 else qt.scale
         return {f"{name}.weight": qt.codes.contiguous(), f"{name}.weight_scale": scale.to(dtype).contiguous()}
+    if qt.act == "int8-token":
+        return {f"{name}.weight": qt.signed_codes().contiguous(), f"{name}.weight_scale": qt.scale.to(dtype).contiguous()}
     if qt.act_order:
         raise ValueError(f"{name}: compressed-tensors no longer loads a per-column g_idx; "
                          "quantize with fit_layout (act-order with static groups)")
@@ -217,18 +248,36 @@ def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTen
     for mod, t in modules.items():
         args = args_for(mod, qconfig)
         if args is not None and args.get("type") == "float" and int(args.get("num_bits", 8)) == 4:
-            tensors[mod] = unpack_nvfp4(mod, t, args)
+            tensors[mod] = unpack_mxfp4(mod, t, args) if args.get("group_size") == 32 else unpack_nvfp4(mod, t, args)
             continue
         if args is not None and args.get("type") == "float" and "weight_packed" not in t:
             qt = unpack_float(mod, plain.pop(f"{mod}.weight", None), t["weight_scale"], args)
             qt.act = act_scheme(group_for(mod, qconfig).get("input_activations"))
             tensors[mod] = qt
             continue
+        if args is not None and args.get("type") == "int" and "weight_packed" not in t:
+            tensors[mod] = unpack_int8(mod, plain.pop(f"{mod}.weight", None), t["weight_scale"], args,
+                                       act_scheme(group_for(mod, qconfig).get("input_activations")))
+            continue
         if args is None or "weight_packed" not in t:
             raise ValueError(f"{mod}: no quantization args in config.json for its packed weight")
         check_packed(model_dir, mod, t, args)  # shapes agree before unpacking allocates
         tensors[mod] = unpack_tensor(mod, t, args)
     return tensors, plain
+
+
+def unpack_int8(name: str, weight: torch.Tensor | None, scale: torch.Tensor, args: dict, act: str) -> QuantizedTensor:
+    """QuantizedTensor from an int-quantized module (W8A8): int8 weight, a scale per output channel."""
+    if weight is None or weight.dtype != torch.int8 or weight.ndim != 2:
+        raise LowbitError(f"{name}: an int-quantized weight must be a 2-D int8 tensor (got "
+                          f"{None if weight is None else weight.dtype}): the file is damaged")
+    if int(args.get("num_bits", 8)) != 8 or args.get("strategy") != "channel" or not args.get("symmetric", True):
+        raise LowbitError(f"{name}: lowbit reads int-quantized weights as symmetric int8 per channel, not "
+                          f"{args.get('num_bits')}-bit {args.get('strategy')}")
+    out, inp = weight.shape
+    s = scale.float().reshape(out, 1)
+    q = (weight.to(torch.int16) + 128).to(torch.uint8)
+    return QuantizedTensor(q, s, torch.full_like(s, 128.0), column_groups(inp, -1), 8, -1, True, act=act)
 
 
 def unpack_float(name: str, weight: torch.Tensor | None, scale: torch.Tensor, args: dict) -> FP8Tensor:
@@ -263,8 +312,21 @@ def unpack_nvfp4(name: str, t: dict, args: dict):
     if tuple(t["weight_scale"].shape) != (out, 2 * half // BLOCK):
         raise LowbitError(f"{name}: weight_scale {tuple(t['weight_scale'].shape)} does not fit a "
                           f"({out}, {2 * half}) weight in groups of {BLOCK}: the file is damaged")
-    codes = torch.stack([packed & 0xF, packed >> 4], dim=2).reshape(out, 2 * half)
-    return NVFP4Tensor(codes, t["weight_scale"], t["weight_global_scale"].float().reshape(1))
+    return NVFP4Tensor(_unpack_fp4(packed), t["weight_scale"], t["weight_global_scale"].float().reshape(1))
+
+
+def unpack_mxfp4(name: str, t: dict, args: dict):
+    from lowbit.formats.mxfp4 import BLOCK, MXFP4Tensor
+
+    packed, scale = t["weight_packed"], t["weight_scale"]
+    if args.get("strategy") != "group" or packed.dtype != torch.uint8 or scale.dtype != torch.uint8:
+        raise LowbitError(f"{name}: MXFP4 needs group strategy, uint8 weight_packed and uint8 (e8m0) weight_scale "
+                          f"(got {args.get('strategy')}, {packed.dtype}, {scale.dtype}): the file is damaged")
+    out, half = packed.shape
+    if tuple(scale.shape) != (out, 2 * half // BLOCK):
+        raise LowbitError(f"{name}: weight_scale {tuple(scale.shape)} does not fit a ({out}, {2 * half}) "
+                          f"weight in groups of {BLOCK}: the file is damaged")
+    return MXFP4Tensor(_unpack_fp4(packed), scale)
 
 
 def _detect(qconfig: dict) -> bool:
@@ -282,7 +344,7 @@ def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
         head = safetensors_shapes(f)
         for k, (dtype, shape) in head.items():  # FP8 weights: their own shape
             mod = k[: -len(".weight")]
-            if k.endswith(".weight") and dtype == "F8_E4M3" and f"{mod}.weight_scale" in head:
+            if k.endswith(".weight") and dtype in ("F8_E4M3", "I8") and f"{mod}.weight_scale" in head:
                 weights += shape[0] * shape[1]
                 stored += 8 * (stored_nbytes(dtype, shape) + stored_nbytes(*head[f"{mod}.weight_scale"]))
         for k, (dtype, shape) in head.items():  # NVFP4 weights: two codes per byte of weight_packed
@@ -292,7 +354,13 @@ def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
                 weights += out * 2 * half
                 stored += 8 * sum(stored_nbytes(*head[f"{mod}.{x}"]) for x in
                                   ("weight_packed", "weight_scale", "weight_global_scale"))
+        for k, (dtype, shape) in head.items():  # MXFP4 weights: uint8 weight_packed, no global scale or shape
+            mod = k[: -len(".weight_packed")]
+            if k.endswith(".weight_packed") and dtype == "U8" and f"{mod}.weight_global_scale" not in head:
+                weights += shape[0] * 2 * shape[1]
+                stored += 8 * (stored_nbytes(dtype, shape) + stored_nbytes(*head[f"{mod}.weight_scale"]))
         nv = {k[: -len(".weight_global_scale")] for k in head if k.endswith(".weight_global_scale")}
+        nv |= {k[: -len(".weight_packed")] for k, (dtype, _) in head.items() if k.endswith(".weight_packed") and dtype == "U8"}
         head = {k: v for k, v in head.items() if k.rpartition(".")[0] not in nv}
         shapes = [k for k in head if k.rpartition(".")[2] == "weight_shape"]
         if not shapes:
@@ -309,4 +377,5 @@ def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
 from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402
 
 register_format(CheckpointFormat("compressed-tensors", fit_layout, pack_tensor, quantization_config,
-                                 _detect, read_tensors, stored_bits=stored_bits, holds=("int", "fp8", "nvfp4")))
+                                 _detect, read_tensors, stored_bits=stored_bits, holds=("int", "fp8", "nvfp4", "mxfp4"),
+                                 acts=("none", "fp8-token", "int8-token")))

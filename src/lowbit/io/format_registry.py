@@ -35,6 +35,7 @@ class CheckpointFormat:
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     g_idx: bool = False
     one_grid: bool = False  # its config records one grid for the whole model (bitsandbytes' quant_type)
+    acts: tuple[str, ...] = ("none",)  # activation schemes its config can record (formats/act_quant.py)
     # (directory, quantization_config) -> stored bits per quantized weight, from tensor sizes
     stored_bits: Callable[[Path, dict], float | None] | None = None
     title: str = ""  # how messages name it ("AWQ GEMM"); default: the name
@@ -53,11 +54,17 @@ class CheckpointFormat:
             if grid not in self.holds:
                 raise LowbitError(f"{self.label} does not store the {grid} grid (it holds {', '.join(self.holds)}): "
                                   f"use --grid {self.holds[0]}, or another --format")
+        if spec.act not in self.acts:
+            runs = " or ".join(f for f, v in FORMATS.items() if spec.act in v.acts)
+            raise LowbitError(f"{self.label} does not record {spec.act} activations (it records "
+                              f"{', '.join(self.acts)}): use --format {runs or 'compressed-tensors'}")
         widths = {spec.for_module(p).bits for p, _ in spec.overrides} | {spec.bits}
         for b in sorted(widths):
             if spec.grid == "int" and b not in self.bits:
-                raise LowbitError(f"{self.label} stores {', '.join(map(str, self.bits))}-bit codes, not {b}: "
-                                  f"use --bits {self.bits[-1] if b > self.bits[-1] else self.bits[0]} or another --format")
+                others = [g for g in self.holds if g != "int"]
+                raise LowbitError(f"{self.label} stores {', '.join(map(str, self.bits))}-bit integer codes, not {b}: "
+                                  f"use --bits {self.bits[-1] if b > self.bits[-1] else self.bits[0]}"
+                                  + (f", --grid {' or '.join(others)}" if others else "") + " or another --format")
 
     def fit(self, name: str, spec: QuantSpec, shape: tuple) -> QuantSpec:
         """fit_layout, plus the scale dtype: the spec the walk quantizes with, so that what it

@@ -36,10 +36,13 @@ FILE_TYPES: dict[str, tuple[F, T]] = {
     "Q3_K_L": (F.MOSTLY_Q3_K_L, T.Q3_K), "Q4_K_S": (F.MOSTLY_Q4_K_S, T.Q4_K),
     "Q4_K_M": (F.MOSTLY_Q4_K_M, T.Q4_K), "Q5_K_S": (F.MOSTLY_Q5_K_S, T.Q5_K),
     "Q5_K_M": (F.MOSTLY_Q5_K_M, T.Q5_K), "Q6_K": (F.MOSTLY_Q6_K, T.Q6_K),
+    # llama.cpp names this file type for MoE models (experts in MXFP4, the rest Q8_0); on a dense
+    # model lowbit puts every Linear in MXFP4 and keeps the output matrix in Q8_0
+    "MXFP4": (F.MOSTLY_MXFP4_MOE, T.MXFP4),
 }
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 # 256-block type -> 32-block type for rows that 256 does not divide
-FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.MXFP4: T.Q8_0}
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ def _mixed_type(name: str, cols: int, ftype: str, base: T, m: MixModel) -> T:
     """The type the file type's mix asks for, before the row-length fallback."""
     cat, i, n = _category(name), layer_of(name), m.n_layer
     if cat == "output" or (cat == "token_embd" and m.tied):
-        if cols % block_size(base):
+        if cols % block_size(base) or base == T.MXFP4:
             return T.Q8_0
         return base if base == T.Q8_0 else T.Q6_K
     if cat == "attn_v":

@@ -182,7 +182,7 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
         release_free_memory()
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
         qt.drop_decoded()  # the weight holds them: a layer of GGML values would be held twice
-        attach(module, [""], getattr(qt, "act", "none"))  # later layers see inputs as the runtime rounds them
+        attach(module, qt)  # later layers see what the runtime computes (activation rounding, int8 kernels)
         result.tensors[name], result.specs[name] = qt, mspec
 
     # resolved and checked before any calibration work
@@ -244,6 +244,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 observers = {}
                 if batches is not None and method.needs_calibration:
                     observers = {n: method.observer(targets[n], spec.for_module(n)) for n in group}
+                    observers = {n: o for n, o in observers.items() if o is not None}  # smoothquant: none
+                if observers:
                     stopper = StopAfter({n: targets[n] for n in group},
                                         lambda n, x: observers[n].add_batch(x))
                     try:
@@ -313,7 +315,7 @@ def _restore(store, model, layers, prefix: str, result: QuantResult, in_memory: 
                 rel = name[len(f"{prefix}.{j}."):]
                 w = layer.get_submodule(rel).weight
                 w.data.copy_(qt.dequantize().to(w.dtype))
-                attach(layer.get_submodule(rel), [""], getattr(qt, "act", "none"))
+                attach(layer.get_submodule(rel), qt)
             layer.load_state_dict({k[len(f"{prefix}.{j}."):]: v for k, v in plain.items()}, strict=False)
     result.stored_layers = done + 1
     if done >= 0:

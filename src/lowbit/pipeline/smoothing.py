@@ -55,9 +55,17 @@ def smoothing_transform(model, spec, rounding_for, alphas, wanted: bool):
     return transform
 
 
-def weight_only_smoothing(model, spec, targets, fit_layout=None):
-    """Smoothing for integer formats (method_args smooth "on"): alpha per pair by the layer's
-    output error with every target Linear rounded to nearest on the grid it will be stored on."""
+ACT_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # when inputs are rounded too (SmoothQuant's range)
+
+
+def format_smoothing(model, spec, targets, fit_layout=None):
+    """Smoothing for checkpoint formats: alpha per pair by the layer's output error with every
+    target Linear rounded to nearest on the grid it will be stored on, and its input rounded as
+    its activation scheme rounds it (W8A8: per-token int8). Runs with smooth "on", or "auto"
+    with a method that smooths (smoothquant); the option alpha fixes alpha instead."""
+    from lowbit.formats.act_quant import ACT_SCHEMES
+    from lowbit.methods import get_method
+
     def rounding_for(layer, layer_name):
         out = {}
         for name, module in layer.named_modules():
@@ -66,7 +74,12 @@ def weight_only_smoothing(model, spec, targets, fit_layout=None):
                 s = spec.for_module(full)
                 if fit_layout is not None:
                     s = fit_layout(full, s, tuple(module.weight.shape))
-                out[name] = (lambda W, g=grid_for(s, "minmax"): g.rtn(W), None)  # decoded when used
+                act = ACT_SCHEMES.get(s.act)
+                out[name] = (lambda W, g=grid_for(s, "minmax"): g.rtn(W),  # decoded when used
+                             act.round_input if act is not None else None)
         return out
-    return smoothing_transform(model, spec, rounding_for, WEIGHT_ONLY_ALPHAS,
-                               check_smooth(spec.method_args.get("smooth", "auto")) == "on")
+    smooth = check_smooth(spec.method_args.get("smooth", "auto"))
+    wanted = smooth == "on" or (smooth == "auto" and get_method(spec.method).smooths)
+    alpha = spec.method_args.get("alpha")
+    alphas = (alpha,) if alpha is not None else ACT_ALPHAS if spec.act in ACT_SCHEMES else WEIGHT_ONLY_ALPHAS
+    return smoothing_transform(model, spec, rounding_for, alphas, wanted)
