@@ -33,3 +33,16 @@ def test_bad_values_are_refused(kw):
 def test_unknown_preset():
     with pytest.raises(LowbitError, match="unknown preset"):
         preset("int4-foo")
+
+
+def test_spec_names_are_the_registries_names():
+    """spec.py validates names without importing the grids (it stays torch-free): its lists must
+    be exactly what the registries hold."""
+    from lowbit.formats import GRIDS
+    from lowbit.formats.act_quant import ACT_SCHEMES, NONE
+    from lowbit.spec import ACT_SCHEMES as SPEC_ACTS, GRID_NAMES, MICROSCALING
+
+    assert set(GRID_NAMES) == set(GRIDS) - {"ggml"}
+    assert set(SPEC_ACTS) == {NONE, *ACT_SCHEMES}
+    for name, block in MICROSCALING.items():
+        assert GRIDS[name](preset(name), "minmax").block == block

@@ -228,11 +228,11 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
 
 
 def _title(spec, fmt: str, gguf_type: str | None) -> str:
-    from lowbit.spec import CODE_BOOK_GRIDS, FP8_GRIDS
+    from lowbit.spec import CODE_BOOK_GRIDS, FP8_GRIDS, MICROSCALING
 
     if fmt == "gguf":
         return f"{spec.method} {(gguf_type or 'Q4_K_M').upper()} (GGUF)"
-    if spec.grid in ("nvfp4", "mxfp4"):
+    if spec.grid in MICROSCALING:
         return f"{spec.method} {spec.grid}"
     if spec.grid in FP8_GRIDS:
         tile = {0: "per tensor", -1: "per channel"}.get(spec.group_size, f"b{spec.group_size}x{spec.group_size}")

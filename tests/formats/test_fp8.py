@@ -5,6 +5,7 @@ import torch
 
 from lowbit.formats import FP8Grid, FP8Tensor, from_named, to_named
 from lowbit.methods.gptq_solver import gptq_on_grid
+from gptq_checks import correlated_hessian, output_error
 
 
 def _ct():
@@ -78,18 +79,13 @@ def test_state_round_trip():
 
 @pytest.mark.parametrize("block", [0, -1, 128])
 def test_gptq_on_fp8_beats_rtn_on_output_error(block):
-    torch.manual_seed(0)
-    X = torch.randn(2048, 256) @ torch.randn(256, 256) * 0.3
-    H = 2 * X.T @ X / X.shape[0]
+    H = correlated_hessian()
     W = torch.randn(160, 256) * 0.05
     grid = FP8Grid(block)
     rtn, gptq = grid.rtn(W), gptq_on_grid(W, H, grid, act_order=True, fit="static")
     assert isinstance(gptq, FP8Tensor) and torch.equal(gptq.scale, rtn.scale)  # scales from the float weights
 
-    def err(Q):
-        D = W - Q
-        return torch.trace(D @ H @ D.T).item()
-    assert err(gptq.dequantize()) < 0.8 * err(rtn.dequantize())
+    assert output_error(W, gptq.dequantize(), H) < 0.8 * output_error(W, rtn.dequantize(), H)
 
 
 def test_per_token_fp8_activations_equal_compressed_tensors():

@@ -12,9 +12,10 @@ from gguf import quants as gq
 from lowbit.formats import MXFP4Grid, MXFP4Tensor, from_named, to_named
 from lowbit.formats import ggml_blocks
 from lowbit.formats.mxfp4 import exponents, round_ggml
-from lowbit.formats.nvfp4 import e2m1_values
+from lowbit.formats.e2m1 import e2m1_values
 from lowbit.methods.gptq_solver import gptq_on_grid
 from peers import installed_llama_cpp_lib
+from gptq_checks import correlated_hessian, output_error
 
 
 def _weights(seed=0, rows=48, cols=320):
@@ -99,15 +100,10 @@ def test_gguf_blocks_equal_llama_cpp_c_code():
 
 @pytest.mark.parametrize("style", ["ocp", "ggml"])
 def test_gptq_on_mxfp4_beats_rtn_on_output_error(style):
-    torch.manual_seed(0)
-    X = torch.randn(2048, 256) @ torch.randn(256, 256) * 0.3
-    H = 2 * X.T @ X / X.shape[0]
+    H = correlated_hessian()
     W = torch.randn(96, 256) * 0.05
     grid = MXFP4Grid(style)
     rtn, gptq = grid.rtn(W), gptq_on_grid(W, H, grid, act_order=True, fit="static")
     assert torch.equal(gptq.exponent, rtn.exponent)
 
-    def err(Q):
-        D = W - Q
-        return torch.trace(D @ H @ D.T).item()
-    assert err(gptq.dequantize()) < 0.7 * err(rtn.dequantize())
+    assert output_error(W, gptq.dequantize(), H) < 0.7 * output_error(W, rtn.dequantize(), H)

@@ -8,6 +8,7 @@ import torch
 from lowbit.formats import NF4Grid, NF4Tensor, from_named, to_named
 from lowbit.formats.nf4 import NF4_VALUES, code_book, dynamic_code
 from lowbit.methods.gptq_solver import gptq_on_grid
+from gptq_checks import correlated_hessian, output_error
 
 
 def _bnb():
@@ -90,10 +91,7 @@ def test_gptq_on_nf4_beats_rtn_on_output_error():
     # the stored grid is the same (fitted from the same weights); only the codes differ
     assert torch.equal(gptq.qabsmax, rtn.qabsmax)
 
-    def err(Q):
-        D = W - Q
-        return torch.trace(D @ H @ D.T).item()
-    assert err(gptq.dequantize()) < 0.7 * err(rtn.dequantize())
+    assert output_error(W, gptq.dequantize(), H) < 0.7 * output_error(W, rtn.dequantize(), H)
 
 
 def test_a_last_partial_block_equals_bitsandbytes():
@@ -166,15 +164,10 @@ def test_fp4_a_block_by_hand():
 
 
 def test_gptq_on_fp4_beats_rtn_on_output_error():
-    torch.manual_seed(0)
-    X = torch.randn(2048, 256) @ torch.randn(256, 256) * 0.3
-    H = 2 * X.T @ X / X.shape[0]
+    H = correlated_hessian()
     W = torch.randn(96, 256) * 0.05
     grid = NF4Grid(64, True, quant_type="fp4")
     rtn, gptq = grid.rtn(W), gptq_on_grid(W, H, grid, act_order=True, fit="static")
     assert gptq.quant_type == "fp4" and torch.equal(gptq.qabsmax, rtn.qabsmax)
 
-    def err(Q):
-        D = W - Q
-        return torch.trace(D @ H @ D.T).item()
-    assert err(gptq.dequantize()) < 0.7 * err(rtn.dequantize())
+    assert output_error(W, gptq.dequantize(), H) < 0.7 * output_error(W, rtn.dequantize(), H)

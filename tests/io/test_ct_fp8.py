@@ -129,12 +129,26 @@ def test_export_re_quantizes_fp8_for_integer_formats(root, tmp_path, capsys):
     assert not (tmp_path / "a").exists()
 
 
+def _against_transformers_decompressed(path):
+    """(lowbit's model of the file, max |logit difference| / max |logit| against transformers):
+    transformers loads FP4 files through compressed-tensors, which decompresses them in bfloat16
+    (its unpacker's default; its compressed CPU forward mixes bfloat16 weights with float32
+    inputs, so the file is decompressed at load)."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    ours = load_model(str(path))
+    theirs = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, quantization_config=CompressedTensorsConfig(run_compressed=False)).eval()
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        la, lb = ours.model(ids).logits, theirs(ids).logits
+    return ours, (la - lb).abs().max().item() / la.abs().max().item()
+
+
 def test_nvfp4_file_loads_in_transformers_and_reads_back(root, tmp_path):
     """transformers loads the file through compressed-tensors, which decompresses NVFP4 in bfloat16
     (its unpacker's default; its compressed CPU forward mixes bfloat16 weights with float32 inputs,
     so the file is decompressed at load), so its logits agree with lowbit's to bfloat16 precision."""
-    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
-
     from lowbit.formats import NVFP4Tensor
 
     lowbit.quantize(str(root / "float"), preset("nvfp4"), tmp_path / "nv")
@@ -142,15 +156,8 @@ def test_nvfp4_file_loads_in_transformers_and_reads_back(root, tmp_path):
     assert q["format"] == "nvfp4-pack-quantized"
     (group,) = q["config_groups"].values()
     assert (group["weights"]["strategy"], group["weights"]["group_size"]) == ("tensor_group", 16)
-    ours = load_model(str(tmp_path / "nv"))
+    ours, err = _against_transformers_decompressed(tmp_path / "nv")
     assert all(isinstance(t, NVFP4Tensor) for t in ours.quantized.values()) and len(ours.quantized) == 14
-    theirs = AutoModelForCausalLM.from_pretrained(
-        str(tmp_path / "nv"), dtype=torch.float32, quantization_config=CompressedTensorsConfig(run_compressed=False)
-    ).eval()
-    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        la, lb = ours.model(ids).logits, theirs(ids).logits
-    err = (la - lb).abs().max().item() / la.abs().max().item()
     print("nvfp4 logits: max error relative to max", err)
     assert err < 5e-3
     from lowbit.eval.size import bits_per_weight
@@ -162,8 +169,6 @@ def test_nvfp4_file_loads_in_transformers_and_reads_back(root, tmp_path):
 def test_mxfp4_file_loads_in_transformers_and_reads_back(root, tmp_path):
     """MXFP4 (e2m1 + e8m0 scale per 32): compressed-tensors decompresses it (in bfloat16, as for
     NVFP4), so its logits agree with lowbit's to bfloat16 precision; lowbit reads the same codes."""
-    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
-
     from lowbit.eval.size import bits_per_weight
     from lowbit.formats import MXFP4Tensor
 
@@ -173,15 +178,8 @@ def test_mxfp4_file_loads_in_transformers_and_reads_back(root, tmp_path):
     (group,) = q["config_groups"].values()
     assert (group["weights"]["strategy"], group["weights"]["group_size"], group["weights"]["scale_dtype"]) == (
         "group", 32, "torch.uint8")
-    ours = load_model(str(tmp_path / "mx"))
+    ours, err = _against_transformers_decompressed(tmp_path / "mx")
     assert all(isinstance(t, MXFP4Tensor) for t in ours.quantized.values()) and len(ours.quantized) == 14
-    theirs = AutoModelForCausalLM.from_pretrained(
-        str(tmp_path / "mx"), dtype=torch.float32, quantization_config=CompressedTensorsConfig(run_compressed=False)
-    ).eval()
-    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        la, lb = ours.model(ids).logits, theirs(ids).logits
-    err = (la - lb).abs().max().item() / la.abs().max().item()
     print("mxfp4 logits: max error relative to max", err)
     assert err < 5e-3
     assert bits_per_weight(tmp_path / "mx") == pytest.approx(4.25)

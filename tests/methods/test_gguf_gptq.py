@@ -166,6 +166,18 @@ def test_cli_writes_gguf_and_refuses_bad_types(capsys, tmp_path, default_tokeniz
     assert not (tmp_path / "x.gguf").exists()
 
 
+def _llamacpp_vs_dequantized(gguf, model, float_model, tiny_tok, tmp_path):
+    """Mean |logit| differences on one text: (llama.cpp running the file vs lowbit's dequantized
+    model, the mean |logit| of the latter, the dequantized model vs the float one)."""
+    ids = tiny_tok("The river rises in the northern hills and flows south. " * 3)["input_ids"]
+    run_peer({"op": "logits", "model": str(gguf), "windows": [ids], "out": str(tmp_path / "lg")})
+    got = np.load(tmp_path / "lg.0.npy")
+    with torch.no_grad():
+        deq = model(torch.tensor([ids])).logits[0].numpy()
+        flt = float_model(torch.tensor([ids])).logits[0].numpy()
+    return np.abs(got - deq).mean(), np.abs(deq).mean(), np.abs(deq - flt).mean()
+
+
 @needs_llamacpp
 def test_llamacpp_runs_gptq_gguf(tmp_path, tiny_tok):
     """llama.cpp's logits on a lowbit GPTQ file match lowbit's dequantized model as closely as on
@@ -181,15 +193,9 @@ def test_llamacpp_runs_gptq_gguf(tmp_path, tiny_tok):
     out = tmp_path / "m.gguf"
     s = lowbit.quantize(loaded, QuantSpec(method="gptq"), out, format="gguf", gguf_type="Q2_K", calib=text,
                         nsamples=4, seqlen=64)
-    ids = tiny_tok("The river rises in the northern hills and flows south. " * 3)["input_ids"]
-    run_peer({"op": "logits", "model": str(out), "windows": [ids], "out": str(tmp_path / "lg")})
-    got = np.load(tmp_path / "lg.0.npy")
-    with torch.no_grad():
-        deq = s["loaded"].model(torch.tensor([ids])).logits[0].numpy()
-        flt = float_model(torch.tensor([ids])).logits[0].numpy()
-    err = np.abs(got - deq).mean()
-    assert err <= 0.03 * np.abs(deq).mean(), (err, np.abs(deq).mean())
-    assert err <= 0.5 * np.abs(deq - flt).mean(), (err, np.abs(deq - flt).mean())
+    err, deq, flt = _llamacpp_vs_dequantized(out, s["loaded"].model, float_model, tiny_tok, tmp_path)
+    assert err <= 0.03 * deq, (err, deq)
+    assert err <= 0.5 * flt, (err, flt)
 
 
 @needs_llamacpp
@@ -262,13 +268,7 @@ def test_llamacpp_runs_mxfp4_gguf(tmp_path, tiny_tok, method):
     types = {t.name: T(t.tensor_type) for t in GGUFReader(str(out)).tensors}
     assert types["blk.0.attn_q.weight"] == T.MXFP4 and types["blk.1.ffn_down.weight"] == T.MXFP4
     assert types["token_embd.weight"] == T.Q8_0
-    ids = tiny_tok("The river rises in the northern hills and flows south. " * 3)["input_ids"]
-    run_peer({"op": "logits", "model": str(out), "windows": [ids], "out": str(tmp_path / "lg")})
-    got = np.load(tmp_path / "lg.0.npy")
-    with torch.no_grad():
-        deq = s["loaded"].model(torch.tensor([ids])).logits[0].numpy()
-        flt = float_model(torch.tensor([ids])).logits[0].numpy()
-    err = np.abs(got - deq).mean()
-    print(method, "llama.cpp vs dequantized", err, "dequantized vs float", np.abs(deq - flt).mean())
-    assert err <= 0.03 * np.abs(deq).mean(), (err, np.abs(deq).mean())
-    assert err <= 0.5 * np.abs(deq - flt).mean(), (err, np.abs(deq - flt).mean())
+    err, deq, flt = _llamacpp_vs_dequantized(out, s["loaded"].model, float_model, tiny_tok, tmp_path)
+    print(method, "llama.cpp vs dequantized", err, "dequantized vs float", flt)
+    assert err <= 0.03 * deq, (err, deq)
+    assert err <= 0.5 * flt, (err, flt)

@@ -26,7 +26,7 @@ NONE = "none"
 @dataclass(frozen=True)
 class ActScheme:
     round_input: Callable[[torch.Tensor], torch.Tensor]
-    # (signed int8 codes (out, in), scale (out,), bias, input) -> output, for int8 weight schemes
+    # (input, signed int8 codes (out, in), scale (out,), bias) -> output, for int8 weight schemes
     kernel: Callable | None = None
 
 
@@ -38,18 +38,9 @@ def fp8_per_token(x: torch.Tensor) -> torch.Tensor:
 
 ACT_SCHEMES: dict[str, ActScheme] = {
     "fp8-token": ActScheme(fp8_per_token),
-    "int8-token": ActScheme(int8_linear.round_rows, lambda wq, s, b, x: int8_linear.w8a8(x, wq, s, b)),
-    "llm-int8": ActScheme(int8_linear.round_rows_llm_int8, lambda wq, s, b, x: int8_linear.llm_int8(x, wq, s, b)),
+    "int8-token": ActScheme(int8_linear.round_rows, int8_linear.w8a8),
+    "llm-int8": ActScheme(int8_linear.round_rows_llm_int8, int8_linear.llm_int8),
 }
-INT8_SCHEMES = tuple(k for k, v in ACT_SCHEMES.items() if v.kernel is not None)
-
-
-def check_act(name: str) -> str:
-    from lowbit.errors import LowbitError
-
-    if name != NONE and name not in ACT_SCHEMES:
-        raise LowbitError(f"activation scheme {name!r} is unknown: use {', '.join((NONE, *ACT_SCHEMES))}")
-    return name
 
 
 class _Forward:
@@ -59,8 +50,6 @@ class _Forward:
 
     def remove(self):
         self.module.__dict__.pop("forward", None)
-        for k in ("int8_codes", "int8_scale"):
-            self.module.__dict__.pop(k, None)
 
 
 def attach(module: torch.nn.Module, qt) -> list:
@@ -72,6 +61,5 @@ def attach(module: torch.nn.Module, qt) -> list:
     if act.kernel is None:
         return [module.register_forward_pre_hook(lambda m, args: (act.round_input(args[0]),) + tuple(args[1:]))]
     wq, scale = qt.signed_codes(), qt.scale.float().reshape(-1)
-    module.int8_codes, module.int8_scale = wq, scale
-    module.forward = lambda x: act.kernel(wq, scale, module.bias, x)
+    module.forward = lambda x: act.kernel(x, wq, scale, module.bias)
     return [_Forward(module)]

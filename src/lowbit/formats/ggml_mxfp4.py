@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lowbit.formats.mxfp4 import BLOCK, ROUNDERS, exponents, scale_of
+from lowbit.formats.mxfp4 import BLOCK, MXFP4Grid
 
 TYPE_SIZE = 1 + BLOCK // 2
 
@@ -30,7 +30,5 @@ def unpack(blocks: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
 
 def quantize(W: np.ndarray) -> np.ndarray:
     """llama.cpp's reference MXFP4 bytes of W float32 (rows, cols), cols a multiple of 32."""
-    Wt = torch.from_numpy(np.ascontiguousarray(W, np.float32))
-    e = exponents(Wt, "ggml")
-    codes = ROUNDERS["ggml"](Wt / scale_of(e).repeat_interleave(BLOCK, dim=1))
-    return pack(codes.numpy(), e.numpy())
+    qt = MXFP4Grid("ggml").rtn(torch.from_numpy(np.ascontiguousarray(W, np.float32)))
+    return pack(qt.codes.numpy(), qt.exponent.numpy())

@@ -217,6 +217,15 @@ class QuantizedTensor(QTensor):
         """q - 2**(bits-1) as int8: the signed storage of compressed-tensors."""
         return (self.q.to(torch.int16) - 2 ** (self.bits - 1)).to(torch.int8)
 
+    @classmethod
+    def from_signed_int8(cls, codes: torch.Tensor, scale: torch.Tensor, act: str = "none") -> "QuantizedTensor":
+        """The int8 per-output-channel tensor whose signed_codes() are `codes` (out, in) int8 and
+        scales `scale` (out values): what int8 formats store (W8A8, bitsandbytes 8-bit)."""
+        out, inp = codes.shape
+        s = scale.float().reshape(out, 1)
+        q = (codes.to(torch.int16) + 128).to(torch.uint8)
+        return cls(q, s, torch.full_like(s, 128.0), column_groups(inp, PER_CHANNEL), 8, PER_CHANNEL, True, act=act)
+
     def stored_bytes(self) -> int:
         """Codes at `bits`, a 16-bit scale per group (what GPTQ, AWQ and compressed-tensors
         store for half-precision models), zero points at `bits` when asymmetric, and an int32

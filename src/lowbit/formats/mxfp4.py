@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.errors import LowbitError
-from lowbit.formats.grid import Grid, register_grid
-from lowbit.formats.nvfp4 import E2M1, e2m1_values, round_e2m1
+from lowbit.formats.e2m1 import E2M1, E2M1BlockGrid, E2M1Blocks, round_e2m1
+from lowbit.formats.grid import register_grid
 from lowbit.formats.qtensor import QTensor, register_kind
 
 BLOCK = 32
@@ -72,30 +71,21 @@ ROUNDERS = {"ocp": round_e2m1, "ggml": round_ggml}
 
 @register_kind
 @dataclass
-class MXFP4Tensor(QTensor):
+class MXFP4Tensor(E2M1Blocks, QTensor):
     """codes (out, in) uint8 0..15; exponent (out, in / 32) uint8 e8m0."""
     kind = "mxfp4"
+    block = BLOCK
     codes: torch.Tensor
     exponent: torch.Tensor
 
-    @property
-    def shape(self):
-        return tuple(self.codes.shape)
-
     def block_scale(self) -> torch.Tensor:
         return scale_of(self.exponent)
-
-    def dequantize(self) -> torch.Tensor:
-        return e2m1_values()[self.codes.long()] * self.block_scale().repeat_interleave(BLOCK, dim=1)
 
     def stored_bytes(self) -> int:
         return self.codes.numel() // 2 + self.exponent.numel()
 
     def state(self):
         return {"codes": self.codes, "exponent": self.exponent}
-
-    def header(self):
-        return {"block": BLOCK}
 
     @classmethod
     def from_state(cls, state, header):
@@ -111,12 +101,12 @@ class MXFP4Fit:
     per_block: torch.Tensor  # float32 (out, in / 32): 2 ** (e - 127)
 
 
-class MXFP4Grid(Grid):
+class MXFP4Grid(E2M1BlockGrid):
     """Blocks of 32 with a power-of-two scale each, fitted from the whole matrix up front (GPTQ's
     static groups: measured best for 32-weight blocks on llama.cpp's grids, docs/design/gguf_gptq.md)."""
     kind = "mxfp4"
+    name = "MXFP4"
     block = BLOCK
-    static_only = True
     rows_independent = True
 
     def __init__(self, style: str = "ocp"):
@@ -124,24 +114,16 @@ class MXFP4Grid(Grid):
             raise ValueError(f"MXFP4 style must be one of {STYLES}, got {style!r}")
         self.style = style
 
+    def rounder(self, x):
+        return ROUNDERS[self.style](x)
+
     def fit(self, W, importance=None):
-        _check(W)
+        self.check(W)
         e = exponents(W, self.style)
         return MXFP4Fit(e, scale_of(e))
 
-    def rtn(self, W, importance=None):
-        f = self.fit(W)
-        codes = ROUNDERS[self.style](W.detach().float() / f.per_block.repeat_interleave(BLOCK, dim=1))
-        return self.encode(f, codes)
-
-    def round_column(self, fitted, c, w):
-        s = fitted.per_block[:, c // BLOCK]
-        q = ROUNDERS[self.style](w.float() / s)
-        return q, e2m1_values()[q.long()] * s
-
     def encode(self, fitted, codes, reordered=False):
-        if reordered:
-            raise ValueError("MXFP4 blocks hold contiguous columns: they cannot follow a reordering")
+        self.check_order(reordered)
         return MXFP4Tensor(codes.to(torch.uint8), fitted.exponent)
 
     def join_rows(self, parts):
@@ -149,12 +131,6 @@ class MXFP4Grid(Grid):
 
     def describe(self):
         return "mxfp4" if self.style == "ocp" else "MXFP4"
-
-
-def _check(W: torch.Tensor) -> None:
-    if W.ndim != 2 or W.shape[1] % BLOCK:
-        raise LowbitError(f"MXFP4 needs 2-D weights with rows of a multiple of {BLOCK}, got shape "
-                          f"{tuple(W.shape)}: keep this tensor in float (--ignore)")
 
 
 @register_grid("mxfp4")

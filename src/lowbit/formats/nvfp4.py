@@ -15,62 +15,33 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.errors import LowbitError
 from lowbit.formats.fp8 import fp8_max
-from lowbit.formats.grid import Grid, register_grid
+from lowbit.formats.e2m1 import E2M1BlockGrid, E2M1Blocks
+from lowbit.formats.grid import register_grid
 from lowbit.formats.qtensor import QTensor, register_kind
 
-E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 BLOCK = 16
-
-
-def e2m1_values() -> torch.Tensor:
-    """The 16 code values: indices 0..7 positive, 8..15 the same magnitudes negative."""
-    mags = torch.tensor(E2M1, dtype=torch.float32)
-    return torch.cat([mags, -mags])
-
-
-def round_e2m1(x: torch.Tensor) -> torch.Tensor:
-    """uint8 codes of the nearest e2m1 value of x (clamped to +-6); a tie goes to the even
-    index (to 0, 1, 2 or 4: an even mantissa), as compressed-tensors' cast_to_fp4 rounds."""
-    mags = torch.tensor(E2M1, dtype=torch.float32)
-    mids = (mags[:-1] + mags[1:]) / 2
-    a = x.float().abs().clamp(max=6.0)
-    lo = torch.bucketize(a, mids, right=False)
-    hi = torch.bucketize(a, mids, right=True)
-    idx = torch.where((lo != hi) & (lo % 2 == 1), hi, lo)
-    # the sign bit as compressed-tensors packs it: a negative that rounds to zero is -0 (code 8)
-    return (idx + 8 * torch.signbit(x)).to(torch.uint8)
 
 
 @register_kind
 @dataclass
-class NVFP4Tensor(QTensor):
+class NVFP4Tensor(E2M1Blocks, QTensor):
     """codes (out, in) uint8 0..15; scale float8_e4m3fn (out, in / 16); global_scale float32 (1,)."""
     kind = "nvfp4"
+    block = BLOCK
     codes: torch.Tensor
     scale: torch.Tensor
     global_scale: torch.Tensor
 
-    @property
-    def shape(self):
-        return tuple(self.codes.shape)
-
     def block_scale(self) -> torch.Tensor:
         """float32 (out, in / 16): the scale each block decodes with."""
         return self.scale.float() / self.global_scale.float()
-
-    def dequantize(self) -> torch.Tensor:
-        return e2m1_values()[self.codes.long()] * self.block_scale().repeat_interleave(BLOCK, dim=1)
 
     def stored_bytes(self) -> int:
         return self.codes.numel() // 2 + self.scale.numel() + 4
 
     def state(self):
         return {"codes": self.codes, "scale": self.scale, "global_scale": self.global_scale}
-
-    def header(self):
-        return {"block": BLOCK}
 
     @classmethod
     def from_state(cls, state, header):
@@ -102,44 +73,24 @@ class NVFP4Fit:
     per_block: torch.Tensor     # float32 (out, in / 16): scale / global
 
 
-class NVFP4Grid(Grid):
-    """static_only: the global scale comes from the whole matrix, fitted once up front."""
+class NVFP4Grid(E2M1BlockGrid):
+    """The global scale comes from the whole matrix: fitted once up front."""
     kind = "nvfp4"
-    static_only = True
-    solve_block = 128
+    name = "NVFP4"
+    block = BLOCK
 
-    def _fit(self, W):
-        _check(W)
+    def fit(self, W, importance=None):
+        self.check(W)
         g = global_scale_of(W)
         s = block_scales(W, g)
         return NVFP4Fit(s, g, s.float() / g)
 
-    def rtn(self, W, importance=None):
-        f = self._fit(W)
-        scaled = W.detach().float() / f.per_block.repeat_interleave(BLOCK, dim=1)
-        return NVFP4Tensor(round_e2m1(scaled), f.scale, f.global_scale)
-
-    def fit(self, W, importance=None):
-        return self._fit(W)
-
-    def round_column(self, fitted, c, w):
-        s = fitted.per_block[:, c // BLOCK]
-        q = round_e2m1(w.float() / s)
-        return q, e2m1_values()[q.long()] * s
-
     def encode(self, fitted, codes, reordered=False):
-        if reordered:
-            raise ValueError("NVFP4 blocks hold contiguous columns: they cannot follow a reordering")
+        self.check_order(reordered)
         return NVFP4Tensor(codes.to(torch.uint8), fitted.scale, fitted.global_scale)
 
     def describe(self):
         return "nvfp4"
-
-
-def _check(W: torch.Tensor) -> None:
-    if W.ndim != 2 or W.shape[1] % BLOCK:
-        raise LowbitError(f"NVFP4 needs 2-D weights with rows of a multiple of {BLOCK}, got shape "
-                          f"{tuple(W.shape)}: keep this tensor in float (--ignore)")
 
 
 @register_grid("nvfp4")

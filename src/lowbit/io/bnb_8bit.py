@@ -14,11 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-
 from lowbit.errors import LowbitError
-from lowbit.formats import QuantizedTensor, column_groups
-from lowbit.io.file_checks import check_safetensors, safetensors_shapes, stored_nbytes
+from lowbit.formats import QuantizedTensor
+from lowbit.io.file_checks import safetensors_shapes, stored_nbytes
+from lowbit.io.gptq_v1 import split_modules
 from lowbit.runtime.int8_linear import QMAX, THRESHOLD
 from lowbit.spec import QuantSpec
 
@@ -49,31 +48,22 @@ def detect(qconfig: dict) -> bool:
     return qconfig.get("quant_method") == "bitsandbytes" and bool(qconfig.get("load_in_8bit"))
 
 
-def unpack_tensor(name: str, weight: torch.Tensor, scb: torch.Tensor, threshold: float) -> QuantizedTensor:
-    if weight.dtype != torch.int8 or weight.ndim != 2 or tuple(scb.shape) != (weight.shape[0],):
+def unpack_tensor(name: str, weight: torch.Tensor | None, scb: torch.Tensor, threshold: float) -> QuantizedTensor:
+    if weight is None or weight.dtype != torch.int8 or weight.ndim != 2 or tuple(scb.shape) != (weight.shape[0],):
+        got = "no weight" if weight is None else f"{weight.dtype} {tuple(weight.shape)}"
         raise LowbitError(f"{name}: an 8-bit bitsandbytes weight is int8 (out, in) with SCB (out,), got "
-                          f"{weight.dtype} {tuple(weight.shape)} and SCB {tuple(scb.shape)}: the file is damaged")
+                          f"{got} and SCB {tuple(scb.shape)}: the file is damaged")
     if threshold != THRESHOLD:
         raise LowbitError(f"llm_int8_threshold {threshold} is not evaluated by lowbit yet (it runs {THRESHOLD})")
-    out, inp = weight.shape
-    scale = (scb.float() / QMAX).reshape(out, 1)
-    q = (weight.to(torch.int16) + 128).to(torch.uint8)
-    return QuantizedTensor(q, scale, torch.full_like(scale, 128.0), column_groups(inp, -1), 8, -1, True, act=ACT)
+    return QuantizedTensor.from_signed_int8(weight, scb.float() / QMAX, ACT)
 
 
 def read_tensors(model_dir: Path, qconfig: dict):
     threshold = float(qconfig.get("llm_int8_threshold", THRESHOLD))
-    raw: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        check_safetensors(f)
-        with safe_open(str(f), framework="pt") as fh:
-            for k in fh.keys():
-                raw[k] = fh.get_tensor(k)
-    owners = {k[: -len(".SCB")] for k in raw if k.endswith(".SCB")}
-    tensors = {m: unpack_tensor(m, raw.pop(f"{m}.weight"), raw.pop(f"{m}.SCB"), threshold) for m in sorted(owners)}
-    for m in owners:
-        raw.pop(f"{m}.weight_format", None)  # older bitsandbytes' layout marker
-    return tensors, raw
+    modules, plain = split_modules(model_dir, ("SCB", "weight_format"))  # weight_format: older bitsandbytes' marker
+    tensors = {m: unpack_tensor(m, plain.pop(f"{m}.weight", None), t["SCB"], threshold)
+               for m, t in sorted(modules.items()) if "SCB" in t}
+    return tensors, plain
 
 
 def stored_bits(model_dir: Path, qconfig: dict) -> float | None:

@@ -40,7 +40,8 @@ from safetensors import safe_open
 
 from lowbit.errors import LowbitError
 from lowbit.formats import FP8Tensor, QuantizedTensor, column_groups, pack_words, unpack_words
-from lowbit.io.file_checks import check_packed, check_safetensors, safetensors_shapes, stored_nbytes
+from lowbit.io.file_checks import check_packed, safetensors_shapes, stored_nbytes
+from lowbit.io.gptq_v1 import split_modules  # every safetensors tensor, split by module suffix
 from lowbit.spec import QuantSpec
 
 FORMAT = "pack-quantized"
@@ -149,8 +150,12 @@ def _pack_fp4(c: torch.Tensor) -> torch.Tensor:
     return (c[:, 0::2] | (c[:, 1::2] << 4)).to(torch.uint8).contiguous()
 
 
-def _unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
+def _unpack_fp4(name: str, packed: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
+    """Codes (out, in) of weight_packed, once the block scales are checked to fit them."""
     out, half = packed.shape
+    if tuple(scale.shape) != (out, 2 * half // block):
+        raise LowbitError(f"{name}: weight_scale {tuple(scale.shape)} does not fit a ({out}, {2 * half}) "
+                          f"weight in groups of {block}: the file is damaged")
     return torch.stack([packed & 0xF, packed >> 4], dim=2).reshape(out, 2 * half)
 
 
@@ -227,23 +232,7 @@ def unpack_tensor(name: str, t: dict[str, torch.Tensor], args: dict) -> Quantize
 
 def read_tensors(model_dir: Path, qconfig: dict) -> tuple[dict[str, QuantizedTensor], dict[str, torch.Tensor]]:
     """Quantized modules and plain tensors of a compressed-tensors checkpoint."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    raw: dict[str, torch.Tensor] = {}
-    for f in files:
-        check_safetensors(f)  # bounds-checked before the library parses it
-        with safe_open(str(f), framework="pt") as fh:
-            for k in fh.keys():
-                raw[k] = fh.get_tensor(k)
-    suffixes = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape",
-                "weight_global_scale")
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    plain: dict[str, torch.Tensor] = {}
-    for k, v in raw.items():
-        mod, _, suffix = k.rpartition(".")
-        if suffix in suffixes:
-            modules.setdefault(mod, {})[suffix] = v
-        else:
-            plain[k] = v
+    modules, plain = split_modules(model_dir, CT_SUFFIXES)
     tensors = {}
     for mod, t in modules.items():
         args = args_for(mod, qconfig)
@@ -274,10 +263,7 @@ def unpack_int8(name: str, weight: torch.Tensor | None, scale: torch.Tensor, arg
     if int(args.get("num_bits", 8)) != 8 or args.get("strategy") != "channel" or not args.get("symmetric", True):
         raise LowbitError(f"{name}: lowbit reads int-quantized weights as symmetric int8 per channel, not "
                           f"{args.get('num_bits')}-bit {args.get('strategy')}")
-    out, inp = weight.shape
-    s = scale.float().reshape(out, 1)
-    q = (weight.to(torch.int16) + 128).to(torch.uint8)
-    return QuantizedTensor(q, s, torch.full_like(s, 128.0), column_groups(inp, -1), 8, -1, True, act=act)
+    return QuantizedTensor.from_signed_int8(weight, scale, act)
 
 
 def unpack_float(name: str, weight: torch.Tensor | None, scale: torch.Tensor, args: dict) -> FP8Tensor:
@@ -308,11 +294,8 @@ def unpack_nvfp4(name: str, t: dict, args: dict):
     packed = t["weight_packed"]
     if packed.dtype != torch.uint8 or t["weight_scale"].dtype != torch.float8_e4m3fn:
         raise LowbitError(f"{name}: NVFP4 needs uint8 weight_packed and float8_e4m3fn weight_scale: the file is damaged")
-    out, half = packed.shape
-    if tuple(t["weight_scale"].shape) != (out, 2 * half // BLOCK):
-        raise LowbitError(f"{name}: weight_scale {tuple(t['weight_scale'].shape)} does not fit a "
-                          f"({out}, {2 * half}) weight in groups of {BLOCK}: the file is damaged")
-    return NVFP4Tensor(_unpack_fp4(packed), t["weight_scale"], t["weight_global_scale"].float().reshape(1))
+    return NVFP4Tensor(_unpack_fp4(name, packed, t["weight_scale"], BLOCK), t["weight_scale"],
+                       t["weight_global_scale"].float().reshape(1))
 
 
 def unpack_mxfp4(name: str, t: dict, args: dict):
@@ -322,11 +305,7 @@ def unpack_mxfp4(name: str, t: dict, args: dict):
     if args.get("strategy") != "group" or packed.dtype != torch.uint8 or scale.dtype != torch.uint8:
         raise LowbitError(f"{name}: MXFP4 needs group strategy, uint8 weight_packed and uint8 (e8m0) weight_scale "
                           f"(got {args.get('strategy')}, {packed.dtype}, {scale.dtype}): the file is damaged")
-    out, half = packed.shape
-    if tuple(scale.shape) != (out, 2 * half // BLOCK):
-        raise LowbitError(f"{name}: weight_scale {tuple(scale.shape)} does not fit a ({out}, {2 * half}) "
-                          f"weight in groups of {BLOCK}: the file is damaged")
-    return MXFP4Tensor(_unpack_fp4(packed), scale)
+    return MXFP4Tensor(_unpack_fp4(name, packed, scale, BLOCK), scale)
 
 
 def _detect(qconfig: dict) -> bool:
@@ -342,26 +321,18 @@ def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
     stored = weights = 0
     for f in sorted(path.glob("*.safetensors")):
         head = safetensors_shapes(f)
-        for k, (dtype, shape) in head.items():  # FP8 weights: their own shape
+        for k, (dtype, shape) in head.items():  # FP8 and W8A8 int8 weights: stored in their own shape
             mod = k[: -len(".weight")]
             if k.endswith(".weight") and dtype in ("F8_E4M3", "I8") and f"{mod}.weight_scale" in head:
                 weights += shape[0] * shape[1]
                 stored += 8 * (stored_nbytes(dtype, shape) + stored_nbytes(*head[f"{mod}.weight_scale"]))
-        for k, (dtype, shape) in head.items():  # NVFP4 weights: two codes per byte of weight_packed
-            mod = k[: -len(".weight_global_scale")]
-            if k.endswith(".weight_global_scale"):
-                out, half = head[f"{mod}.weight_packed"][1]
-                weights += out * 2 * half
-                stored += 8 * sum(stored_nbytes(*head[f"{mod}.{x}"]) for x in
-                                  ("weight_packed", "weight_scale", "weight_global_scale"))
-        for k, (dtype, shape) in head.items():  # MXFP4 weights: uint8 weight_packed, no global scale or shape
-            mod = k[: -len(".weight_packed")]
-            if k.endswith(".weight_packed") and dtype == "U8" and f"{mod}.weight_global_scale" not in head:
-                weights += shape[0] * 2 * shape[1]
-                stored += 8 * (stored_nbytes(dtype, shape) + stored_nbytes(*head[f"{mod}.weight_scale"]))
-        nv = {k[: -len(".weight_global_scale")] for k in head if k.endswith(".weight_global_scale")}
-        nv |= {k[: -len(".weight_packed")] for k, (dtype, _) in head.items() if k.endswith(".weight_packed") and dtype == "U8"}
-        head = {k: v for k, v in head.items() if k.rpartition(".")[0] not in nv}
+        fp4 = {k[: -len(".weight_packed")] for k, (dtype, _) in head.items()
+               if k.endswith(".weight_packed") and dtype == "U8"}  # NVFP4 / MXFP4: two codes per byte
+        for mod in fp4:
+            out, half = head[f"{mod}.weight_packed"][1]
+            weights += out * 2 * half
+            stored += 8 * sum(stored_nbytes(*head[f"{mod}.{x}"]) for x in CT_SUFFIXES if f"{mod}.{x}" in head)
+        head = {k: v for k, v in head.items() if k.rpartition(".")[0] not in fp4}
         shapes = [k for k in head if k.rpartition(".")[2] == "weight_shape"]
         if not shapes:
             continue
@@ -371,7 +342,6 @@ def stored_bits(path: Path, qconfig: dict | None = None) -> float | None:
                 weights += out * inp
         stored += 8 * sum(stored_nbytes(*head[k]) for k in head if k.rpartition(".")[2] in CT_SUFFIXES)
     return stored / weights if weights else None
-
 
 
 from lowbit.io.format_registry import CheckpointFormat, register_format  # noqa: E402

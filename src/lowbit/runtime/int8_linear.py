@@ -54,21 +54,21 @@ def int_matmul(xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
 
 def w8a8(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (..., in) float; wq (out, in) int8; w_scale (out,) float32."""
-    flat = x.reshape(-1, x.shape[-1])
-    xq, xs = quantize_rows(flat)
-    y = int_matmul(xq, wq).float() * xs * w_scale
-    if bias is not None:
-        y = y + bias.float()
-    return y.reshape(*x.shape[:-1], wq.shape[0]).to(x.dtype)
+    return _int8_linear(x, wq, w_scale, bias, None)
 
 
 def llm_int8(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
              threshold: float = THRESHOLD) -> torch.Tensor:
+    return _int8_linear(x, wq, w_scale, bias, threshold)
+
+
+def _int8_linear(x, wq, w_scale, bias, threshold: float | None) -> torch.Tensor:
+    """W8A8, or with a threshold LLM.int8(): outlier columns in float, the rest as W8A8."""
     flat = x.reshape(-1, x.shape[-1]).float()
-    outl = outlier_columns(flat, threshold)
-    xq, xs = quantize_rows(flat.masked_fill(outl, 0.0))
+    outl = outlier_columns(flat, threshold) if threshold is not None else None
+    xq, xs = quantize_rows(flat if outl is None else flat.masked_fill(outl, 0.0))
     y = int_matmul(xq, wq).float() * xs * w_scale
-    if bool(outl.any()):
+    if outl is not None and bool(outl.any()):
         cols = outl.nonzero().squeeze(1)
         y = y + flat[:, cols] @ (wq[:, cols].float() * w_scale[:, None]).t()
     if bias is not None:
