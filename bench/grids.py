@@ -2,17 +2,21 @@
 schemes (W8A8 with and without SmoothQuant, LLM.int8()) and microscaling / code-book grids, beside
 bitsandbytes' own LLM.int8() and NF4 (transformers + bitsandbytes quantizing the float model
 itself, in this venv: bitsandbytes is a test dependency). Every row: lowbit eval on the same
-40 x 512 evaluation windows against the float model.
+24 x 512 evaluation windows (lowbit eval's default) against the float model.
 
-    python bench/int8_and_fp4_grids.py [--rows w8a8-rtn,w8a8,llm-int8,bnb-llm-int8,...] [--json OUT]
+    python bench/grids.py [--rows w8a8-rtn,w8a8,llm-int8,bnb-llm-int8,...] [--json OUT]
 
-torchao's Int8DynamicActivationInt8WeightConfig (issue 18's second W8A8 rival) needs torchao in
-a venv of its own; it is not in this script.
+torchao's Int8DynamicActivationInt8WeightConfig (row torchao-w8a8) and Int8WeightOnlyConfig (row
+torchao-weight-only) run in torchao's own venv (LOWBIT_TORCHAO_PYTHON, default
+/work/peers/venv-torchao/bin/python: torch 2.13.0, torchao 0.18.0 and lowbit -e) through
+bench/peers/torchao_int8.py, on the same windows.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +35,17 @@ LOWBIT_ROWS = {  # row -> (preset, format)
     "llm-int8": ("llm-int8", "bnb"),
     "nf4": ("nf4", "bnb"),
     "gptq-nf4": ("gptq-nf4", "bnb"),
+    "fp4": ("fp4", "bnb"),
+    "gptq-fp4": ("gptq-fp4", "bnb"),
     "mxfp4": ("mxfp4", "compressed-tensors"),
     "gptq-mxfp4": ("gptq-mxfp4", "compressed-tensors"),
     "nvfp4": ("nvfp4", "compressed-tensors"),
     "gptq-nvfp4": ("gptq-nvfp4", "compressed-tensors"),
     "fp8": ("fp8", "compressed-tensors"),
+    "w8": ("w8", "compressed-tensors"),
 }
-PEER_ROWS = ("bnb-llm-int8", "bnb-nf4")
+PEER_ROWS = ("bnb-llm-int8", "bnb-nf4", "bnb-fp4")
+TORCHAO = Path(os.environ.get("LOWBIT_TORCHAO_PYTHON", "/work/peers/venv-torchao/bin/python"))
 
 
 def _row(name: str, ev: dict, seconds: float | None) -> dict:
@@ -55,8 +63,8 @@ def bnb_row(name: str) -> dict:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     cfg = (BitsAndBytesConfig(load_in_8bit=True) if name == "bnb-llm-int8" else
-           BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.float32))
+           BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=name.removeprefix("bnb-"),
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32))
     src = default_model_dir()
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(str(src), quantization_config=cfg, dtype=torch.float32).eval()
@@ -64,6 +72,14 @@ def bnb_row(name: str) -> dict:
     base = load_model(None)
     ev = lowbit.evaluate(Loaded(model, base.tokenizer, f"bitsandbytes {name}", "hf"), base=base)
     return _row(name, ev, seconds)
+
+
+def torchao_row(name: str) -> dict:
+    script = Path(__file__).parent / "peers" / "torchao_int8.py"
+    out = subprocess.run([str(TORCHAO), str(script), name.removeprefix("torchao-")], check=True,
+                         capture_output=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return _row(name, r["eval"], r["quantize_seconds"])
 
 
 def main() -> None:
@@ -74,7 +90,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.rows.split(","):
-            rows.append(bnb_row(name) if name in PEER_ROWS else lowbit_row(name, Path(tmp)))
+            if name.startswith("torchao-"):
+                rows.append(torchao_row(name))
+            else:
+                rows.append(bnb_row(name) if name in PEER_ROWS else lowbit_row(name, Path(tmp)))
             r = rows[-1]
             print(f"{r['row']:<22} bpw {r['bits_per_weight'] or float('nan'):6.3f}  ppl {r['perplexity']:8.3f} "
                   f"(float {r['base_perplexity']:.3f})  KLD {r['kld']:.4f}  top-1 {r['top1_agreement']:.4f}  "
