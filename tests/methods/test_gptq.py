@@ -184,3 +184,56 @@ def test_wide_inputs_get_a_float32_factor_as_good_as_float64(monkeypatch):
     loss = [_output_error(W, gptq_quantize(W, H, 4, True, 64, act_order=True, static_groups=True, factor=f).dequantize(), H)
             for f in (f64, f32)]
     assert abs(loss[1] - loss[0]) <= 1e-3 * loss[0], loss
+
+
+def _check_factor(f, H, damp):
+    """U^T U = (P^T H P + damp * mean diag I)^-1, checked in float64, U upper triangular."""
+    n = H.shape[0]
+    perm = f.perm if f.perm is not None else torch.arange(n)
+    Hp = H.double()[perm][:, perm]
+    Hp[f.dead[perm], f.dead[perm]] = 1
+    damped = Hp + damp * Hp.diagonal().mean() * torch.eye(n, dtype=torch.float64)
+    U = f.U.double()
+    assert torch.equal(torch.triu(f.U), f.U)
+    return (U.T @ U @ damped - torch.eye(n, dtype=torch.float64)).abs().max().item()
+
+
+@pytest.mark.parametrize("n", [1, 7, 256, 257, 600])
+def test_hessian_factor_in_place_is_the_inverse_cholesky(n, monkeypatch):
+    """The factor is computed over one matrix (permutation by cycles, in-place Cholesky, blocked
+    triangular inverse, in-place reversal): against float64 algebra, for widths around the
+    256-column blocks, float64 and float32 factors, a handed-over H and a shared one (equal)."""
+    from lowbit.methods import gptq_solver
+
+    torch.manual_seed(n)
+    X = torch.randn(2 * n + 8, n) * (torch.rand(n) + 0.1)
+    X[:, n // 2] = 0  # a dead input
+    H = 2 * X.T @ X / X.shape[0]
+    for f64max in (4096, 0):
+        monkeypatch.setattr(gptq_solver, "FLOAT64_FACTOR_MAX", f64max)
+        for act_order in (False, True):
+            shared = gptq_solver.hessian_factor(H, 0.01, act_order)
+            owned_H = H.clone()
+            owned = gptq_solver.hessian_factor(owned_H, 0.01, act_order, own=True)
+            assert torch.allclose(shared.U, owned.U, rtol=1e-5, atol=1e-6 * shared.U.abs().max().item())
+            assert _check_factor(owned, H, 0.01) < (1e-6 if f64max else 1e-4)  # U is held in float32
+    assert torch.equal(H, 2 * X.T @ X / X.shape[0])  # a shared H is left as it was
+
+
+def test_hessian_factor_retries_with_more_dampening_from_a_file_backup(monkeypatch, caplog):
+    """An indefinite H: 1% dampening fails (in float32, then float64), 10% succeeds; the
+    in-place Cholesky overwrote the matrix, so the retry reads the copy kept in a file."""
+    from lowbit.methods import gptq_solver
+
+    monkeypatch.setattr(gptq_solver, "IN_MEMORY_BACKUP", 0)
+    n = 64
+    torch.manual_seed(1)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    lam = torch.ones(n, dtype=torch.float64)
+    lam[0] = -0.03  # mean diag ~ 0.98: -0.03 + 0.0098 < 0, -0.03 + 0.098 > 0
+    H = (Q * lam) @ Q.T
+    H = ((H + H.T) / 2).float()
+    with caplog.at_level("WARNING"):
+        f = gptq_solver.hessian_factor(H, 0.01, act_order=True)
+    assert "needed dampening 0.1" in caplog.text
+    assert _check_factor(f, H, 0.1) < 1e-4

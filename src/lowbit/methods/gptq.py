@@ -118,7 +118,7 @@ class GPTQ(Method):
             # the factor's first copy exists (a 5632-wide input: 0.13 GB less at the peak)
             last = getattr(observer, "last_use", False)
             factors[key] = hessian_factor(observer.take_H() if last else observer.H, o.damp_percent, act_order,
-                                          order_block=order_block)
+                                          order_block=order_block, own=last)
         return gptq_by_rows(W, None, grid, act_order=act_order, fit=fit, damp_percent=o.damp_percent,
                             block_size=o.block_size or grid.solve_block, factor=factors[key],
                             importance=importance)
