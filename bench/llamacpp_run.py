@@ -11,6 +11,9 @@ imported by lowbit. One JSON request on stdin, one JSON answer on stdout.
   {"op": "quantize", "src": PATH, "dst": PATH, "ftype": "Q4_K_M"} -> {"seconds": s}
   {"op": "plan", "src": PATH, "ftype": "Q4_K_M"} -> {tensor: type} llama.cpp's quantizer would convert
       (a dry run; tensors it copies unchanged are left out)
+  {"op": "speed", "model": PATH, "ids": [...], "new_tokens": N, "reps": R, "threads": T}
+      -> {"prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes"}: the prompt evaluated
+         in one batch, then N greedy tokens one at a time; medians of R runs after a warm-up
 """
 import ctypes
 import json
@@ -124,8 +127,33 @@ def op_plan(req):
     return dict(m.groups() for m in map(pat.search, "".join(lines).splitlines()) if m)
 
 
+def op_speed(req):
+    import resource
+    import statistics
+
+    ids, n = req["ids"], req["new_tokens"]
+    threads = req.get("threads", 2)
+    llm = llama_cpp.Llama(model_path=req["model"], n_ctx=len(ids) + n + 8, n_batch=len(ids), n_ubatch=len(ids),
+                          n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
+
+    def run():
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        t1 = time.perf_counter()
+        for _ in range(n):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        return t1 - t0, (time.perf_counter() - t1) / n
+
+    run()
+    runs = [run() for _ in range(req.get("reps", 3))]
+    return {"prefill_tokens_per_s": len(ids) / statistics.median(r[0] for r in runs),
+            "decode_tokens_per_s": 1 / statistics.median(r[1] for r in runs),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 if __name__ == "__main__":
     req = json.load(sys.stdin)
     ans = {"logits": op_logits, "eval": op_eval, "chat": op_chat, "quantize": op_quantize,
-           "plan": op_plan, "tokenize": op_tokenize}[req["op"]](req)
+           "plan": op_plan, "tokenize": op_tokenize, "speed": op_speed}[req["op"]](req)
     json.dump(ans, sys.stdout)

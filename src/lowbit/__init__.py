@@ -12,7 +12,10 @@ def __getattr__(name):
     if name == "export":  # lowbit.export(model, "gptq", out): convert between formats
         from lowbit.convert import export
         return export
+    if name in ("run", "generate", "bench"):  # packed modules and real kernels (lowbit/runtime/)
+        from lowbit.runtime import api as runtime_api
+        return getattr(runtime_api, name)
     raise AttributeError(name)
 
 
-__all__ = ["QuantSpec", "preset", "quantize", "evaluate", "load", "export", "__version__"]
+__all__ = ["QuantSpec", "preset", "quantize", "evaluate", "load", "export", "run", "generate", "bench", "__version__"]

@@ -1,4 +1,5 @@
-"""Command line: lowbit quantize / eval / info (names and JSON keys: shared/CONTRACT.md)."""
+"""Command line: lowbit quantize / eval / info / export, and generate / chat / bench (cli_runtime.py)
+(names and JSON keys: shared/CONTRACT.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +19,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
+from lowbit import cli_runtime
 from lowbit.errors import LowbitError
 from lowbit.progress import LineProgress
 
@@ -446,6 +448,7 @@ def export_cmd(
     group_size: Optional[int] = typer.Option(None, help="re-quantize to this group size (default: the source's)"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="re-quantize to this grid (default: the source's)"),
     overwrite: bool = typer.Option(False, help="replace OUT if it exists"),
+    ollama: bool = typer.Option(False, "--ollama", help="gguf: also write an Ollama Modelfile beside OUT (template, stops)"),
     allow_pickle: bool = typer.Option(False),
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -454,7 +457,7 @@ def export_cmd(
     from lowbit.convert import export
 
     res = export(model, fmt, output, gguf_type=gguf_type, bits=bits, group_size=group_size, symmetric=sym,
-                 overwrite=overwrite, allow_pickle=allow_pickle,
+                 overwrite=overwrite, allow_pickle=allow_pickle, ollama=ollama,
                  warn=lambda line: print(f"lowbit: warning: {line}", file=sys.stderr))
     if as_json:
         print(json.dumps(res, indent=2, default=str))
@@ -463,6 +466,9 @@ def export_cmd(
     out.print(f"wrote [bold]{output}[/] ({res['format']}, {how}: {res['exact']} tensors exact, "
               f"{res['scales_rounded']} with rounded scales, {res['requantized']} re-quantized"
               + (f", {res['kept_float']} kept in float" if res["kept_float"] else "") + f"; {res['seconds']:.1f} s)")
+
+
+cli_runtime.register(app, _command)  # generate, chat, bench
 
 
 class _OncePerMessage(logging.Filter):

@@ -50,19 +50,28 @@ def targets() -> list[str]:
 
 def export(model: str | None, format: str, out: str | Path, *, gguf_type: str | None = None,
            bits: int | None = None, group_size: int | None = None, symmetric: bool | None = None,
-           overwrite: bool = False, allow_pickle: bool = False, warn=log.warning) -> dict:
+           overwrite: bool = False, allow_pickle: bool = False, warn=log.warning, ollama: bool = False) -> dict:
     """Convert MODEL to `format` at OUT. Returns a summary: what was read and written, and
     how many tensors were copied exactly, had their scales rounded, or were re-quantized.
-    warn(line) receives the one-line warning of a lossy conversion (default: the log)."""
+    warn(line) receives the one-line warning of a lossy conversion (default: the log).
+    ollama: also write an Ollama Modelfile beside OUT.gguf (format gguf)."""
     out = Path(out)
     check_format_arguments(format, out, gguf_type, bits, group_size, symmetric)
+    if ollama and format != "gguf":
+        raise LowbitError("--ollama writes a Modelfile for a GGUF file: use it with --format gguf")
     check_output(out, overwrite)
     from lowbit.io.load import load_model
 
     t0 = time.perf_counter()
     loaded = load_model(model, allow_pickle)
+    if ollama:  # before any writing: a tokenizer without a usable chat template is refused first
+        from lowbit.io.ollama import modelfile
+        modelfile(loaded.tokenizer, out.name)
     if format == "gguf":
         summary = _to_gguf(loaded, out, (gguf_type or DEFAULT_GGUF_TYPE).upper(), overwrite)
+        if ollama:
+            from lowbit.io.ollama import write_modelfile
+            summary["modelfile"] = str(write_modelfile(out, loaded.tokenizer))
     elif loaded.quantized:
         summary = _repack(loaded, format, out, bits, group_size, symmetric, overwrite)
     elif loaded.kind == "gguf":

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.runtime.packed import PackedLinear, register_kernel
+
 QMAX = 127
 THRESHOLD = 6.0  # bitsandbytes' llm_int8_threshold
+# the CPU weight-only kernel's fast path is bf16 (float32 inputs take a scalar loop, 7x slower;
+# kept for exact=True)
+WEIGHT_ONLY_DTYPE = torch.bfloat16
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,3 +79,63 @@ def _int8_linear(x, wq, w_scale, bias, threshold: float | None) -> torch.Tensor:
     if bias is not None:
         y = y + bias.float()
     return y.reshape(*x.shape[:-1], wq.shape[0]).to(x.dtype)
+
+
+def _row_scales(qt) -> torch.Tensor:
+    out = qt.shape[0]
+    return qt.scale.float().reshape(-1).expand(out) if qt.scale.numel() == 1 else qt.scale.float().reshape(out)
+
+
+def _int8_per_row(qt) -> bool:
+    return qt.kind == "int" and qt.bits == 8 and qt.group_size <= 0 and qt.symmetric  # per channel or tensor
+
+
+@register_kernel
+class Int8WeightLinear(PackedLinear):
+    """8-bit symmetric weights per output channel (or tensor), float inputs: torch's int8
+    weight-only kernel (aten._weight_int8pack_mm), which reads one byte per weight."""
+    kernel = "int8 weight-only"
+
+    @classmethod
+    def accepts(cls, qt) -> bool:
+        return _int8_per_row(qt) and getattr(qt, "act", "none") == "none"
+
+    @classmethod
+    def from_qtensor(cls, qt, bias, dtype, exact=False):
+        out, inp = qt.shape
+        m = cls(out, inp, bias, dtype)
+        m.compute = torch.float32 if exact else WEIGHT_ONLY_DTYPE
+        m.register_buffer("weight_int8", qt.signed_codes().contiguous())
+        m.register_buffer("scales", _row_scales(qt).to(m.compute).contiguous())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(self.compute).contiguous()
+        y = torch._weight_int8pack_mm(x2, self.weight_int8, self.scales).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+@register_kernel
+class W8A8Linear(PackedLinear):
+    """W8A8 (per-token int8 inputs) and LLM.int8() (outlier columns in float): int8 x int8 GEMM
+    (torch._int_mm) as above."""
+    kernel = "int8 x int8"
+
+    @classmethod
+    def accepts(cls, qt) -> bool:
+        return _int8_per_row(qt) and getattr(qt, "act", "none") in ("int8-token", "llm-int8")
+
+    @classmethod
+    def from_qtensor(cls, qt, bias, dtype, exact=False):
+        out, inp = qt.shape
+        m = cls(out, inp, bias, dtype)
+        m.threshold = THRESHOLD if qt.act == "llm-int8" else None
+        m.register_buffer("weight_int8", qt.signed_codes().contiguous())
+        m.register_buffer("scales", _row_scales(qt).contiguous())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _int8_linear(x, self.weight_int8, self.scales, self.bias, self.threshold)
