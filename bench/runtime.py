@@ -5,7 +5,7 @@ float in one run (issue 20's table).
 
 Rows, each measured in a process of its own, one after another (nothing else running):
 fp32 and bf16 (the default model), W8 (int8 weight-only kernel) and W4 g128 (int4 tinygemm) files
-of the same model, and llama.cpp (llama-cpp-python in its own venv, LOWBIT_LLAMACPP_PYTHON)
+of the same model, eager and with torch.compile (--no-compile skips those), and llama.cpp (llama-cpp-python in its own venv, LOWBIT_LLAMACPP_PYTHON)
 decoding lowbit's Q4_K_M GGUF. Decode: batch 1, `--threads` threads, new tokens after a
 real-text prompt; median of reps. Also: the machine's copy bandwidth and each row's bound
 (bandwidth / bytes of weights read per token), and a torch.profiler table of W4 decode steps.
@@ -101,14 +101,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dir", default=None, help="where the checkpoints are kept (default: lowbit's cache)")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (each compiles for ~1 min)")
     a = ap.parse_args()
     root = Path(a.dir) if a.dir else cache_dir() / "bench-runtime"
     files = checkpoints(root)
-    rows = {"fp32": (None, "float32"), "bf16": (None, "bfloat16"), "W8": (files["W8"], "float32"),
-            "W4 g128": (files["W4 g128"], "float32"), "W4 g128 bf16": (files["W4 g128"], "bfloat16")}
+    # (model, activation dtype, torch.compile); eager rows are what `lowbit generate` runs by default
+    rows = {"fp32": (None, "float32", False), "bf16": (None, "bfloat16", False),
+            "W8": (files["W8"], "float32", False), "W4 g128": (files["W4 g128"], "float32", False),
+            "W4 g128 bf16": (files["W4 g128"], "bfloat16", False)}
+    if not a.no_compile:
+        rows |= {"fp32 compiled": (None, "float32", True), "bf16 compiled": (None, "bfloat16", True),
+                 "W8 compiled": (files["W8"], "float32", True), "W4 g128 compiled": (files["W4 g128"], "float32", True)}
     res = {}
-    for name, (model, dtype) in rows.items():
-        kw = dict(dtype=dtype, reps=a.reps, threads=a.threads)
+    for name, (model, dtype, compiled) in rows.items():
+        kw = dict(dtype=dtype, reps=a.reps, threads=a.threads, compile=compiled)
         r = measure_in_child(str(model) if model else None, prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, **kw)
         p = measure_in_child(str(model) if model else None, prompt_tokens=a.prefill_tokens, new_tokens=2, **kw)
         r["prefill_512_tokens_per_s"] = p["prefill_tokens_per_s"]
@@ -145,8 +151,16 @@ def main() -> None:
           f"W8 {w8['decode_tokens_per_s'] / fp32['decode_tokens_per_s']:.2f}x fp32 (bar 1.3); "
           f"W4 model RSS {w4['model_rss_bytes'] / fp32['model_rss_bytes']:.2f}x fp32's (bar 0.35), "
           f"peak process RSS {w4['peak_rss_bytes'] / fp32['peak_rss_bytes']:.2f}x")
+    if "W4 g128 compiled" in res:
+        w4c, f32c, bf16c = res["W4 g128 compiled"], res["fp32 compiled"], res["bf16 compiled"]
+        print(f"compiled: W4 g128 decode {w4c['decode_tokens_per_s'] / f32c['decode_tokens_per_s']:.2f}x compiled fp32, "
+              f"{w4c['decode_tokens_per_s'] / bf16c['decode_tokens_per_s']:.2f}x compiled bf16, "
+              f"W8 {res['W8 compiled']['decode_tokens_per_s'] / f32c['decode_tokens_per_s']:.2f}x compiled fp32")
     if lc is not None:
-        print(f"W4 g128 decode {w4['decode_tokens_per_s'] / lc['decode_tokens_per_s']:.2f}x llama.cpp's Q4_K_M (goal 0.5)")
+        for name in ("W4 g128", "W4 g128 compiled"):
+            if name in res:
+                print(f"{name} decode {res[name]['decode_tokens_per_s'] / lc['decode_tokens_per_s']:.2f}x "
+                      "llama.cpp's Q4_K_M (goal 0.5)")
     if not a.no_profile:
         print("\ntorch.profiler, 16 decode steps of W4 g128 (self CPU time):\n")
         print(profile_decode(files["W4 g128"], a.threads))

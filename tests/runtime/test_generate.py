@@ -91,7 +91,7 @@ def test_cli_generate_streams_and_bench_reports_both_models(checkpoints):
     for r in (res, res["base"]):
         for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes"):
             assert r[key] > 0
-    assert res["kernels"] == {"int4 tinygemm": 210} and res["base"]["kernels"] == {}
+    assert res["kernels"] == {"int4 tinygemm": 210, "bf16 float head": 1} and res["base"]["kernels"] == {}
     assert res["peak_rss_bytes"] < res["base"]["peak_rss_bytes"]
 
 

@@ -99,3 +99,26 @@ def test_pack_model_replaces_linears_and_keeps_the_function():
     assert set(kernels.values()) == {"int4 tinygemm"} and len(kernels) == 14
     assert not any(isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if "layers" in n)
     assert torch.allclose(model(ids).logits, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])  # tied and untied heads
+def test_float_head_in_bf16_is_one_table_rounded_once(family):
+    """The fast path's bf16 head: the same logits as the float32 model whose head (and tied
+    embedding) table was rounded to bf16 by hand, within bf16 matmul rounding; a tied table
+    stays one tensor, half the bytes."""
+    from tiny import tiny_llm
+
+    from lowbit.runtime.float_head import head_in_bf16
+    model, ref = tiny_llm(family), tiny_llm(family)
+    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    with torch.no_grad():
+        ref.get_output_embeddings().weight.copy_(ref.get_output_embeddings().weight.bfloat16().float())
+    ids = torch.randint(0, 512, (1, 12))
+    want = ref(ids).logits
+    assert head_in_bf16(model, torch.float32)
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    assert head.weight.dtype == torch.bfloat16
+    assert (emb.weight is head.weight) == tied and emb.weight.dtype == (torch.bfloat16 if tied else torch.float32)
+    got = model(ids).logits
+    assert got.dtype == torch.float32 and _rel(got, want) < 1e-2
+    assert not head_in_bf16(model, torch.float32) and not head_in_bf16(tiny_llm(family), torch.bfloat16)

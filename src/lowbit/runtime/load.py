@@ -48,6 +48,7 @@ def load_packed(path: Path, dtype: torch.dtype = torch.float32, exact: bool = Fa
     from lowbit.io.formats import detect_format
     from lowbit.io.hf_config import load_config, load_tokenizer
     from lowbit.memory import release_free_memory
+    from lowbit.runtime.float_head import head_in_bf16
     from lowbit.runtime.packed import pack_model
 
     config = load_config(path)
@@ -76,6 +77,8 @@ def load_packed(path: Path, dtype: torch.dtype = torch.float32, exact: bool = Fa
     still_meta = [n for n, p in model.named_parameters() if p.is_meta]
     if still_meta:
         raise LowbitError(f"{path}: weights missing from the checkpoint: {still_meta[:3]}: the files are incomplete")
+    if not exact and head_in_bf16(model, dtype):
+        kernels["bf16 float head"] = 1
     init_nonpersistent_buffers(model)
     release_free_memory()
     meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
