@@ -133,7 +133,9 @@ def op_speed(req):
 
     ids, n = req["ids"], req["new_tokens"]
     threads = req.get("threads", 2)
-    llm = llama_cpp.Llama(model_path=req["model"], n_ctx=len(ids) + n + 8, n_batch=len(ids), n_ubatch=len(ids),
+    # n_batch = n_ctx: without logits_all, llm.scores has n_batch rows and eval writes row n_tokens - 1
+    ctx = len(ids) + n + 8
+    llm = llama_cpp.Llama(model_path=req["model"], n_ctx=ctx, n_batch=ctx, n_ubatch=len(ids),
                           n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
 
     def run():

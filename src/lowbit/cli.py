@@ -19,7 +19,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from lowbit import cli_runtime
+from lowbit import cli_plan, cli_runtime
 from lowbit.errors import LowbitError
 from lowbit.progress import LineProgress
 
@@ -469,6 +469,7 @@ def export_cmd(
 
 
 cli_runtime.register(app, _command)  # generate, chat, bench
+cli_plan.register(app, _command)  # plan
 
 
 class _OncePerMessage(logging.Filter):

@@ -1,0 +1,1 @@
+"""Know before you quantize: memory at every precision, KV cache, training, what fits where (lowbit plan)."""
