@@ -28,17 +28,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 PEER = Path(os.environ.get("LOWBIT_LLAMACPP_PYTHON", "/work/peers/venv-llamacpp/bin/python"))
 
 
-def checkpoints(root: Path) -> dict[str, Path]:
+def checkpoints(root: Path, model: str | None = None) -> dict[str, Path]:
     """W8, W4 g128 (RTN: the same layout and kernels as GPTQ's static groups) and a Q4_K_M GGUF."""
     import lowbit
 
     made = {"W8": root / "w8", "W4 g128": root / "w4g128", "Q4_K_M": root / "q4km.gguf"}
     if not (made["W8"] / "config.json").is_file():
-        lowbit.quantize(None, "w8", made["W8"], overwrite=True)
+        lowbit.quantize(model, "w8", made["W8"], overwrite=True)
     if not (made["W4 g128"] / "config.json").is_file():
-        lowbit.quantize(None, "w4g128", made["W4 g128"], overwrite=True)
+        lowbit.quantize(model, "w4g128", made["W4 g128"], overwrite=True)
     if not made["Q4_K_M"].is_file():
-        lowbit.quantize(None, "w4g128", made["Q4_K_M"], format="gguf", gguf_type="Q4_K_M", overwrite=True)
+        lowbit.quantize(model, "w4g128", made["Q4_K_M"], format="gguf", gguf_type="Q4_K_M", overwrite=True)
     return made
 
 
@@ -55,7 +55,8 @@ def copy_bandwidth(threads: int) -> float:
     return 2 * a.numel() * 4 / statistics.median(times)
 
 
-def llamacpp_row(gguf: Path, prompt_tokens: int, new_tokens: int, reps: int, threads: int) -> dict | None:
+def llamacpp_row(gguf: Path, prompt_tokens: int, new_tokens: int, reps: int, threads: int,
+                 model: str | None = None) -> dict | None:
     if not PEER.is_file():
         print(f"llama.cpp row skipped: no peer venv at {PEER} (LOWBIT_LLAMACPP_PYTHON)")
         return None
@@ -63,7 +64,8 @@ def llamacpp_row(gguf: Path, prompt_tokens: int, new_tokens: int, reps: int, thr
     from lowbit.io.default_model import default_model_dir
     from lowbit.io.hf_config import load_tokenizer
 
-    ids = tokenize(load_tokenizer(default_model_dir()), default_text("eval"))[:prompt_tokens].tolist()
+    tok = load_tokenizer(Path(model) if model else default_model_dir())
+    ids = tokenize(tok, default_text("eval"))[:prompt_tokens].tolist()
     req = {"op": "speed", "model": str(gguf), "ids": ids, "new_tokens": new_tokens, "reps": reps, "threads": threads}
     r = subprocess.run([str(PEER), str(ROOT / "bench" / "llamacpp_run.py")], input=json.dumps(req),
                        capture_output=True, text=True, timeout=1800)
@@ -102,9 +104,14 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the checkpoints are kept (default: lowbit's cache)")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (each compiles for ~1 min)")
+    ap.add_argument("--model", default=None, help="a float model directory instead of the default model")
+    ap.add_argument("--rows", default=None, help="comma-separated row names to run (default: all)")
+    ap.add_argument("--save", default=None, help="write the rows as JSON to this file")
     a = ap.parse_args()
-    root = Path(a.dir) if a.dir else cache_dir() / "bench-runtime"
-    files = checkpoints(root)
+    import hashlib
+    tag = "" if a.model is None else "-" + hashlib.sha1(str(Path(a.model).resolve()).encode()).hexdigest()[:8]
+    root = Path(a.dir) if a.dir else cache_dir() / f"bench-runtime{tag}"
+    files = checkpoints(root, a.model)
     # (model, activation dtype, torch.compile); eager rows are what `lowbit generate` runs by default
     rows = {"fp32": (None, "float32", False), "bf16": (None, "bfloat16", False),
             "W8": (files["W8"], "float32", False), "W4 g128": (files["W4 g128"], "float32", False),
@@ -112,6 +119,11 @@ def main() -> None:
     if not a.no_compile:
         rows |= {"fp32 compiled": (None, "float32", True), "bf16 compiled": (None, "bfloat16", True),
                  "W8 compiled": (files["W8"], "float32", True), "W4 g128 compiled": (files["W4 g128"], "float32", True)}
+    if a.model is not None:  # the float rows are that model
+        rows = {k: (a.model if m is None else m, d, c) for k, (m, d, c) in rows.items()}
+    if a.rows:
+        keep = [r.strip() for r in a.rows.split(",")]
+        rows = {k: v for k, v in rows.items() if k in keep or k in ("fp32", "bf16")}  # ratios need the float rows
     res = {}
     for name, (model, dtype, compiled) in rows.items():
         kw = dict(dtype=dtype, reps=a.reps, threads=a.threads, compile=compiled)
@@ -122,9 +134,9 @@ def main() -> None:
         print(f"{name}: decode {r['decode_tokens_per_s']:.1f} tok/s, prefill {r['prefill_tokens_per_s']:.1f}, "
               f"prefill@{a.prefill_tokens} {r['prefill_512_tokens_per_s']:.1f}, peak RSS {r['peak_rss_bytes'] / 1e6:.0f} MB",
               flush=True)
-    lc = llamacpp_row(files["Q4_K_M"], a.prompt_tokens, a.new_tokens, a.reps, a.threads)
+    lc = llamacpp_row(files["Q4_K_M"], a.prompt_tokens, a.new_tokens, a.reps, a.threads, a.model)
     if lc is not None:
-        lp = llamacpp_row(files["Q4_K_M"], a.prefill_tokens, 2, a.reps, a.threads)
+        lp = llamacpp_row(files["Q4_K_M"], a.prefill_tokens, 2, a.reps, a.threads, a.model)
         lc["prefill_512_tokens_per_s"] = lp["prefill_tokens_per_s"]
         lc["weights_bytes"] = files["Q4_K_M"].stat().st_size
         lc["model_rss_bytes"] = None
@@ -145,6 +157,10 @@ def main() -> None:
               + (f"{mr / 1e6:.0f} MB | {mr / fp32['model_rss_bytes']:.2f} | {r['load_peak_rss_bytes'] / 1e6:.0f} MB | "
                  if mr is not None else "- | - | - | ")
               + f"{r['weights_bytes'] / 1e6:.0f} MB |")
+    if a.save:
+        Path(a.save).write_text(json.dumps({"copy_bandwidth_bytes_per_s": bw, "rows": res}, indent=2))
+    if not {"W4 g128", "W8"} <= set(res):
+        return
     w4, w8, bf16 = res["W4 g128"], res["W8"], res["bf16"]
     print(f"\nW4 g128 decode {w4['decode_tokens_per_s'] / fp32['decode_tokens_per_s']:.2f}x fp32 (bar 2), "
           f"{w4['decode_tokens_per_s'] / bf16['decode_tokens_per_s']:.2f}x bf16 (bar 1); "

@@ -139,7 +139,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         fetch = functools.partial(lazy.tensor, keep_dtype=True) if lazy is not None else None
         if gguf is not None:
             summary.update(gguf.write(out, loaded, result, store, fetch, prefix, overwrite,
-                                      metadata=_gguf_metadata(summary)))
+                                      metadata=_gguf_metadata({**summary, "gguf_type": gguf.file_type})))
         else:
             save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format,
                            store=store, layers_prefix=prefix, quantized_names=set(result.specs),
@@ -156,8 +156,11 @@ def _gguf_metadata(summary: dict) -> dict:
     """What a GGUF file records of its making ("lowbit.KEY"): eval finds its base there."""
     import json
 
+    from lowbit.recipe import Recipe
+
     return {"base_model": summary["base_model"], "spec": json.dumps(summary["spec"], sort_keys=True),
-            "calibration": json.dumps(summary["calibration"], sort_keys=True)}
+            "calibration": json.dumps(summary["calibration"], sort_keys=True),
+            "recipe": Recipe.from_run(summary).to_yaml()}
 
 
 def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed: int, spec: QuantSpec):

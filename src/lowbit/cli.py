@@ -170,6 +170,27 @@ def _given(**flags) -> list[str]:
     return [name for name, value in flags.items() if value is not None]
 
 
+def _from_recipe(path, model, fmt, gguf_type, nsamples, seqlen, seed, calib, **spec_options):
+    """(spec, format, gguf type, nsamples, seqlen, seed, calibration file) from a recipe, checked against the model's
+    Linear names before any weight is read. The recipe is the whole spec: options that would change
+    it beside --recipe are refused; --format / --gguf-type / --nsamples given beside it win."""
+    from lowbit.plan.shapes import model_shapes
+    from lowbit.recipe import Recipe
+
+    given = [f"--{k.replace('_', '-')}" for k, v in spec_options.items() if v is not None]
+    if given:
+        raise LowbitError(f"{given[0]} beside --recipe: the recipe sets the whole quantization; edit the recipe "
+                          "or drop the option")
+    r = Recipe.load(path)
+    r.check_matches(n.removesuffix(".weight") for n in model_shapes(model).linears)
+    cal = r.calibration
+    seqlen = cal.get("seqlen", seqlen) if seqlen == 512 else seqlen
+    seed = cal.get("seed", seed) if seed == 0 else seed
+    source = cal.get("source")
+    return (r.spec, fmt or r.format, gguf_type or r.gguf_type, nsamples or cal.get("nsamples"), seqlen, seed,
+            calib or (Path(source) if source else None))
+
+
 # methods whose settings are their own (int8 weights per channel with int8 activations): their
 # preset is the default when no --preset is given
 METHOD_PRESETS = {"smoothquant": "w8a8", "llm-int8": "llm-int8"}
@@ -309,6 +330,8 @@ def quantize(
     smooth: str = typer.Option("auto", help="per-channel smoothing before quantizing: auto (GGUF files with gptq, "
                                             "searched against llama.cpp's rounding of weights and inputs), on "
                                             "(integer formats and rtn too; needs calibration), off"),
+    recipe: Optional[Path] = typer.Option(None, help="a recipe file (YAML / TOML: method, grid, transforms, per-module "
+                                                     "overrides by regex), or OUT/recipe.yaml of an earlier run"),
     resume: bool = typer.Option(False, help="continue a killed run from its per-layer checkpoints beside OUT"),
     checkpoint_seconds: Optional[float] = typer.Option(None, help="save calibration activations for --resume at most "
                                                        "this often (default: once the work since the last save is "
@@ -329,8 +352,15 @@ def quantize(
     from lowbit.pipeline.smoothing import check_smooth, needs_calibration
 
     check_smooth(smooth)
-    spec = _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order,
-                          static_groups, true_sequential, forward_dtype, smooth, grid, double_quant)
+    if recipe is not None:
+        spec, fmt, gguf_type, nsamples, seqlen, seed, calib = _from_recipe(
+            recipe, model, fmt, gguf_type, nsamples, seqlen, seed, calib, preset_name=preset_name, method=method, bits=bits,
+            group_size=group_size, sym=sym, clip=clip, damp_percent=damp_percent, act_order=act_order,
+            static_groups=static_groups, true_sequential=true_sequential, grid=grid, double_quant=double_quant,
+            smooth=None if smooth == "auto" else smooth)
+    else:
+        spec = _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order,
+                              static_groups, true_sequential, forward_dtype, smooth, grid, double_quant)
     fmt = fmt or ("bnb" if spec.act == "llm-int8" else "compressed-tensors")  # where each scheme runs
     if output is None:
         stem = Path(model).stem if model else "SmolLM2-135M-Instruct"

@@ -50,7 +50,7 @@ def register(app: typer.Typer, command) -> None:
         if params is not None and model is not None:
             raise LowbitError("give a MODEL or --params, not both")
         if params is None and any(v is not None for v in dims.values()):
-            raise LowbitError("--layers / --hidden / --heads ... describe a model given by --params N: add --params")
+            raise LowbitError("--layers / --hidden / --heads ... describe a model given by --params: add --params (its parameter count, such as 7B)")
         shapes = from_params(parse_count(params), **dims) if params is not None else model_shapes(model)
         p = make_plan(shapes, context=ctx, batch=batch, kv_cache=kv_cache, runtime=runtime, machine=machine,
                       lora_rank=lora_rank)

@@ -95,6 +95,9 @@ def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: 
         meta = {"lowbit_version": __version__, "format": fmt,
                 **{k: v for k, v in meta.items() if k not in VOLATILE_META}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if "spec" in meta:  # `quantize --recipe OUT/recipe.yaml` makes the same bytes again
+            from lowbit.recipe import RECIPE_FILE, Recipe
+            (tmp / RECIPE_FILE).write_text(Recipe.from_run(meta).to_yaml())
     return Path(out)
 
 

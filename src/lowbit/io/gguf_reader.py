@@ -157,7 +157,7 @@ def read_gguf(path, dtype=torch.float32, with_tokenizer: bool = True):
 def gguf_facts(path) -> dict:
     """What a GGUF file says of itself: its llama.cpp file type ("Q4_K_M"), how many tensors of
     each GGML type it holds, and what lowbit recorded of its making (lowbit.base_model,
-    lowbit.spec, lowbit.calibration), so eval finds the base to compare with."""
+    lowbit.spec, lowbit.calibration, lowbit.recipe), so eval finds the base to compare with."""
     import json
 
     r = open_gguf(path)
@@ -170,10 +170,10 @@ def gguf_facts(path) -> dict:
     for t in r.tensors:
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
     facts = {"gguf_type": ftype_name, "tensor_types": dict(sorted(types.items()))}
-    for key in ("base_model", "spec", "calibration"):
+    for key in ("base_model", "spec", "calibration", "recipe"):
         value = _meta(r, f"lowbit.{key}")
         if value is not None:
-            facts[key] = json.loads(value) if key != "base_model" else value
+            facts[key] = json.loads(value) if key in ("spec", "calibration") else value
     return facts
 
 
