@@ -101,13 +101,13 @@ def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: 
     return Path(out)
 
 
-def load_quantized(path: Path, dtype=torch.float32):
-    """A quantized directory (any registered format) as a float torch model plus its codes."""
+def read_quantized(path: Path, dtype=torch.float32, error: type[Exception] = ValueError):
+    """(the model's skeleton on the meta device, its codes by module, every other tensor by name)
+    of a quantized directory in any registered format; `error` is raised for a format lowbit
+    does not read."""
     from transformers import AutoModelForCausalLM
 
-    from lowbit.compat import init_nonpersistent_buffers
-    from lowbit.io.hf_config import load_config, load_tokenizer
-    from lowbit.io.loaded import Loaded
+    from lowbit.io.hf_config import load_config
 
     config = load_config(path)
     qconfig = config.quantization_config
@@ -115,10 +115,20 @@ def load_quantized(path: Path, dtype=torch.float32):
     del config.quantization_config
     fmt = detect_format(qconfig)
     if fmt is None:
-        raise ValueError(f"{path}: quantization_config {qconfig.get('quant_method')!r} is not a format lowbit reads")
+        raise error(f"{path}: quantization_config {qconfig.get('quant_method')!r} is not a format lowbit reads")
     tensors, plain = fmt.read_tensors(path, qconfig)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, tensors, plain
+
+
+def load_quantized(path: Path, dtype=torch.float32):
+    """A quantized directory (any registered format) as a float torch model plus its codes."""
+    from lowbit.compat import init_nonpersistent_buffers
+    from lowbit.io.hf_config import load_tokenizer
+    from lowbit.io.loaded import Loaded
+
+    model, tensors, plain = read_quantized(path, dtype)
     model.to_empty(device="cpu")
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()}
     for name, qt in tensors.items():

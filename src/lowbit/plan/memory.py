@@ -34,10 +34,19 @@ def kv_cache_bytes(s: ModelShapes, context: int, batch: int = 1, cache: str = "f
     return int(2 * s.layers * s.kv_heads * s.head_dim * context * batch * KV_BYTES[cache])
 
 
-def activation_bytes(s: ModelShapes, context: int, batch: int = 1, elem: int = 2) -> int:
+def activation_bytes_per_token(s: ModelShapes, batch: int = 1, elem: int = 2) -> int:
+    """The part of activation_bytes that grows with the context: one decoder layer's working set."""
     q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    per_token = 2 * s.hidden + q + 2 * kv + s.hidden + 3 * s.intermediate
-    return batch * context * per_token * elem + batch * s.vocab * 4
+    return batch * (2 * s.hidden + q + 2 * kv + s.hidden + 3 * s.intermediate) * elem
+
+
+def logits_bytes(s: ModelShapes, batch: int = 1) -> int:
+    """The last position's float32 logits: the part of activation_bytes that does not grow."""
+    return batch * s.vocab * 4
+
+
+def activation_bytes(s: ModelShapes, context: int, batch: int = 1, elem: int = 2) -> int:
+    return context * activation_bytes_per_token(s, batch, elem) + logits_bytes(s, batch)
 
 
 def lora_params(s: ModelShapes, rank: int = 16) -> int:

@@ -26,8 +26,8 @@ def plan(shapes: ModelShapes, context: int | None = None, batch: int = 1, kv_cac
     kv = {c: memory.kv_cache_bytes(shapes, ctx, batch, c) for c in ("fp16", "fp8", "q8_0", "q4_0")}
     act = memory.activation_bytes(shapes, ctx, batch)
     kv_tok = memory.kv_cache_bytes(shapes, 1, batch, kv_cache)
-    act_tok = memory.activation_bytes(shapes, 1, batch) - batch * shapes.vocab * 4
-    act_fixed = batch * shapes.vocab * 4
+    act_tok = memory.activation_bytes_per_token(shapes, batch)
+    act_fixed = memory.logits_bytes(shapes, batch)
     fits = []
     for m in mach.machines(this_machine_bytes):
         by_w = {}

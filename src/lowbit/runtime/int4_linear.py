@@ -91,13 +91,8 @@ class Int4Linear(PackedLinear):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if self.perm is not None:
-            x2 = x2.index_select(1, self.perm)
-        x2 = x2.to(self.compute).contiguous()
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_packed, self.group, self.scales_and_zeros)
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        def matmul(x2):
+            if self.perm is not None:  # act-order: each group's columns made contiguous
+                x2 = x2.index_select(1, self.perm)
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_packed, self.group, self.scales_and_zeros)
+        return self._compute(x, matmul)

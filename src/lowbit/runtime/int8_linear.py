@@ -110,12 +110,7 @@ class Int8WeightLinear(PackedLinear):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.compute).contiguous()
-        y = torch._weight_int8pack_mm(x2, self.weight_int8, self.scales).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        return self._compute(x, lambda x2: torch._weight_int8pack_mm(x2, self.weight_int8, self.scales))
 
 
 @register_kernel

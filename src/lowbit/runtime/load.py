@@ -41,26 +41,14 @@ def load_for_running(name: str | None, dtype: torch.dtype = torch.float32, allow
 
 
 def load_packed(path: Path, dtype: torch.dtype = torch.float32, exact: bool = False) -> Loaded:
-    from transformers import AutoModelForCausalLM
-
     from lowbit.compat import init_nonpersistent_buffers
-    from lowbit.io.checkpoint import META_FILE
-    from lowbit.io.formats import detect_format
-    from lowbit.io.hf_config import load_config, load_tokenizer
+    from lowbit.io.checkpoint import META_FILE, read_quantized
+    from lowbit.io.hf_config import load_tokenizer
     from lowbit.memory import release_free_memory
     from lowbit.runtime.float_head import head_in_bf16
     from lowbit.runtime.packed import pack_model
 
-    config = load_config(path)
-    qconfig = config.quantization_config
-    qconfig = qconfig if isinstance(qconfig, dict) else qconfig.to_dict()
-    del config.quantization_config
-    fmt = detect_format(qconfig)
-    if fmt is None:
-        raise LowbitError(f"{path}: quantization_config {qconfig.get('quant_method')!r} is not a format lowbit reads")
-    tensors, plain = fmt.read_tensors(path, qconfig)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model, tensors, plain = read_quantized(path, dtype, error=LowbitError)
     kernels: dict[str, int] = {}
     for kernel in pack_model(model, tensors, dtype, exact=exact).values():
         kernels[kernel] = kernels.get(kernel, 0) + 1

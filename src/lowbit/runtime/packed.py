@@ -38,6 +38,16 @@ class PackedLinear(torch.nn.Module):
         CPUs), to check a runtime against the dequantized model token for token."""
         raise NotImplementedError
 
+    def _compute(self, x: torch.Tensor, matmul) -> torch.Tensor:
+        """matmul(x2) -> (rows, out) of the rows x2 (rows, in) cast to self.compute; the casts,
+        the bias and the shape around it, as every kernel module needs them."""
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(self.compute).contiguous()
+        y = matmul(x2).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
     def packed_bytes(self) -> int:
         """Bytes this module holds (codes, scales, bias): what a decode step reads."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
