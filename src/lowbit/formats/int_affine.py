@@ -39,7 +39,7 @@ def column_groups(in_features: int, group_size: int, device=None) -> torch.Tenso
     return torch.zeros_like(cols)
 
 
-def _grouped(W: torch.Tensor, group_size: int) -> torch.Tensor:
+def grouped_view(W: torch.Tensor, group_size: int) -> torch.Tensor:
     """View W (out, in) as (rows, ngroups, G). Pads a partial last group with zeros:
     zeros change neither min/max (zero is always in range) nor the error (zero is exact)."""
     out, inp = W.shape
@@ -117,7 +117,7 @@ def fit_grid(W: torch.Tensor, bits: int, symmetric: bool, group_size: int,
         parts = [fit_grid(W[r:r + rows], bits, symmetric, group_size, clip, scale_dtype)
                  for r in range(0, W.shape[0], rows)]
         return torch.cat([s for s, _ in parts]), torch.cat([z for _, z in parts])
-    G = _grouped(_work(W), group_size)  # (rows, ng, G)
+    G = grouped_view(_work(W), group_size)  # (rows, ng, G)
     xmin = G.amin(dim=-1).clamp(max=0)
     xmax = G.amax(dim=-1).clamp(min=0)
     scale, zero = _params_from_range(xmin, xmax, bits, symmetric, scale_dtype)

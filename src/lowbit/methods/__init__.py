@@ -8,3 +8,4 @@ __all__ = ["METHODS", "Method", "get_method", "register_method"]
 from lowbit.methods import gptq  # noqa: E402,F401
 from lowbit.methods import smoothquant  # noqa: E402,F401
 from lowbit.methods import llm_int8  # noqa: E402,F401
+from lowbit.methods import hqq  # noqa: E402,F401
