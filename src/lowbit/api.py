@@ -11,7 +11,8 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.io.hf_config import load_tokenizer, missing_tokenizer
-from lowbit.options import check_method_args
+from lowbit.options import WalkOptions, check_method_args, options_of
+from lowbit.transforms.rotate import rotation_transform
 from lowbit.progress import logging_progress
 from lowbit.calibration.text import calibration_samples, load_text, tokenize
 from lowbit.eval.base_cache import BaseHidden
@@ -95,9 +96,10 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         out = Path(out)
         check_output(out, overwrite)
     lazy = None
+    rotate = options_of(WalkOptions, spec.method_args).rotate
     if isinstance(model, Loaded):
         loaded = model
-    elif out is not None:
+    elif out is not None and rotate == "none":  # a rotation changes every tensor: the model is held whole
         loaded, lazy = load_for_walk(model, allow_pickle, outside=False)
     else:
         loaded = load_model(model, allow_pickle)
@@ -110,6 +112,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed, spec)
     if lazy is not None:  # after tokenizing: its working memory is freed before the embedding arrives
         lazy.load_outside()
+    rotation = rotation_transform(rotate, seed)
+    rotated = rotation(loaded.model, calibration) if rotation is not None else None  # before any format looks
     if gguf is not None:
         gguf.begin(loaded.model, calibration, keep_float_head=lazy is None)
         fit, transforms = gguf.fit, gguf.transforms
@@ -131,6 +135,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     if calibration is not None:  # what "auto" became on this machine, for reproducing the run
         summary["forward_dtype"] = result.forward_dtype
     summary["smoothing"] = result.transforms.get("smooth", {})  # alpha per layer and pair ({}: none ran)
+    if rotated is not None:
+        summary["rotation"] = rotated
     if out is not None:
         t0 = time.perf_counter()
         prefix = arch_for(loaded.model).layers

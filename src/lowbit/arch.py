@@ -20,6 +20,27 @@ class ArchMap:
     # (a norm) or prev's output rows (a Linear, with nothing nonlinear per channel between but
     # a multiplication), so scaling it by 1/s at prev and their columns by s is exact
     smooth: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # where a rotation of the residual stream goes (transforms/rotate.py); None: not supported
+    rotation: "RotationMap | None" = None
+
+
+@dataclass(frozen=True)
+class RotationMap:
+    """The residual stream's readers and writers, relative to a decoder layer (RMSNorm models:
+    the norm's weight is folded into its readers, so the norm commutes with a rotation)."""
+    embed: str  # the token embedding (its rows are residual vectors)
+    final_norm: str  # folded into the output matrix
+    reads: tuple[tuple[str, tuple[str, ...]], ...]  # (norm, Linears reading its output)
+    writes: tuple[str, ...]  # Linears adding their output to the residual
+    values: tuple[str, str]  # (v_proj, o_proj): a rotation per head between them
+
+
+_LLAMA_ROTATION = RotationMap(
+    embed="model.embed_tokens", final_norm="model.norm",
+    reads=(("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+           ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
+    writes=("self_attn.o_proj", "mlp.down_proj"),
+    values=("self_attn.v_proj", "self_attn.o_proj"))
 
 
 _LLAMA = ArchMap(
@@ -32,6 +53,7 @@ _LLAMA = ArchMap(
     smooth=(("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
             ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
             ("mlp.up_proj", ("mlp.down_proj",))),  # down's input is act(gate) * up
+    rotation=_LLAMA_ROTATION,
 )
 _OPT = ArchMap(
     layers="model.decoder.layers",

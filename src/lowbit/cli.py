@@ -197,7 +197,7 @@ METHOD_PRESETS = {"smoothquant": "w8a8", "llm-int8": "llm-int8"}
 
 
 def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order, static_groups,
-                   true_sequential, forward_dtype, smooth, grid=None, double_quant=None):
+                   true_sequential, forward_dtype, smooth, grid=None, double_quant=None, rotate="none"):
     """The QuantSpec a quantize command asks for: the preset (default: lowbit's best measured
     4-bit recipe), then every option given beside it; options that do not apply are refused."""
     from lowbit.methods.gptq import GPTQOptions
@@ -213,6 +213,8 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
         raise LowbitError(f"{gptq_only[0]} applies to --method gptq only, not {method}: drop it or use --method gptq")
     method_args = {"true_sequential": walk.true_sequential if true_sequential is None else true_sequential,
                    "forward_dtype": forward_dtype, "smooth": smooth}
+    if rotate != "none":
+        method_args["rotate"] = rotate
     if method == "gptq":
         method_args.update(damp_percent=gptq.damp_percent if damp_percent is None else damp_percent,
                            act_order=gptq.act_order if act_order is None else act_order,
@@ -330,6 +332,9 @@ def quantize(
     smooth: str = typer.Option("auto", help="per-channel smoothing before quantizing: auto (GGUF files with gptq, "
                                             "searched against llama.cpp's rounding of weights and inputs), on "
                                             "(integer formats and rtn too; needs calibration), off"),
+    rotate: str = typer.Option("none", help="exact rotation before quantizing: hadamard (random Hadamard rotation "
+                                            "of the residual stream and per head, folded into the weights; "
+                                            "Llama / Mistral / Qwen) or none"),
     recipe: Optional[Path] = typer.Option(None, help="a recipe file (YAML / TOML: method, grid, transforms, per-module "
                                                      "overrides by regex), or OUT/recipe.yaml of an earlier run"),
     resume: bool = typer.Option(False, help="continue a killed run from its per-layer checkpoints beside OUT"),
@@ -360,7 +365,7 @@ def quantize(
             smooth=None if smooth == "auto" else smooth)
     else:
         spec = _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order,
-                              static_groups, true_sequential, forward_dtype, smooth, grid, double_quant)
+                              static_groups, true_sequential, forward_dtype, smooth, grid, double_quant, rotate)
     fmt = fmt or ("bnb" if spec.act == "llm-int8" else "compressed-tensors")  # where each scheme runs
     if output is None:
         stem = Path(model).stem if model else "SmolLM2-135M-Instruct"

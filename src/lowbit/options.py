@@ -22,12 +22,13 @@ class WalkOptions:
     true_sequential: bool = True  # later projections' statistics from the quantized earlier ones
     forward_dtype: str = "auto"  # calibration forwards: float32, bfloat16, auto
     cache_bytes: int | None = None  # replayed layer outputs kept in memory (None: 2 GB or less)
-    smooth: str = "auto"  # per-channel smoothing: auto, on, off
+    smooth: str = "auto"  # per-channel smoothing: auto, on, off, awq
     smooth_tokens: int = 4096  # calibration tokens per layer for the smoothing search
     head_gptq: bool = True  # GGUF with gptq: the tied output matrix gets GPTQ too
+    rotate: str = "none"  # whole-model rotation before the walk (transforms/rotate.py): none, hadamard; seeded by --seed
 
     CHOICES: typing.ClassVar[dict] = {"forward_dtype": ("auto", "float32", "bfloat16"),
-                                      "smooth": ("auto", "on", "off")}
+                                      "smooth": ("auto", "on", "off", "awq"), "rotate": ("none", "hadamard")}
 
 
 def _type_ok(value, annotation: str) -> bool:

@@ -86,6 +86,11 @@ def _params_from_range(xmin, xmax, bits: int, symmetric: bool, scale_dtype: str 
     return scale, zero
 
 
+def grid_from_range(xmin, xmax, bits: int, symmetric: bool, scale_dtype: str | None = None):
+    """Scale and zero point of the grid spanning [xmin, xmax] per group (zero always in range)."""
+    return _params_from_range(xmin.clamp(max=0), xmax.clamp(min=0), bits, symmetric, scale_dtype)
+
+
 def _fake_quant(x, scale, zero, maxq):
     q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
     return (q - zero) * scale

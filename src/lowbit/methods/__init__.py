@@ -9,3 +9,4 @@ from lowbit.methods import gptq  # noqa: E402,F401
 from lowbit.methods import smoothquant  # noqa: E402,F401
 from lowbit.methods import llm_int8  # noqa: E402,F401
 from lowbit.methods import hqq  # noqa: E402,F401
+from lowbit.methods import awq  # noqa: E402,F401

@@ -18,7 +18,7 @@ class Method:
     needs_calibration: ClassVar[bool] = False
     options: ClassVar[type | None] = None  # frozen dataclass of the method's spec.method_args keys
     auto_clip: ClassVar[str] = "minmax"  # what clip "auto" means on integer grids for this method
-    smooths: ClassVar[bool] = False  # smoothing is part of the method (smooth "auto" turns it on)
+    smooths: ClassVar[bool | str] = False  # smoothing is part of the method (smooth "auto" turns it on; "awq": AWQ's rule)
 
     def observer(self, module: torch.nn.Linear, spec: QuantSpec) -> Observer | None:
         """Statistics this method needs for `module` (None: weights alone suffice)."""

@@ -35,7 +35,7 @@ from lowbit.io.gguf_writer import write_gguf
 from lowbit.methods import get_method
 from lowbit.pipeline.sequential import target_linears
 from lowbit.pipeline.smoothing import check_smooth, smoothing_transform
-from lowbit.transforms.smooth import ALPHAS
+from lowbit.transforms.smooth import ALPHAS, AWQ_ALPHAS
 
 GGUF_METHODS = ("rtn", "gptq")  # methods that choose codes on any grid, GGML blocks included
 
@@ -69,8 +69,11 @@ def gguf_smoothing(model, spec, plan: dict[str, T], calibration):
             if isinstance(module, torch.nn.Linear) and qtype is not None:
                 out[name] = _llamacpp_rounding(qtype)
         return out
-    wanted = calibration is not None and check_smooth(spec.method_args.get("smooth", "auto")) != "off"
-    return smoothing_transform(model, spec, rounding_for, ALPHAS, wanted)
+    smooth = check_smooth(spec.method_args.get("smooth", "auto"))
+    wanted = calibration is not None and smooth != "off"
+    awq = smooth == "awq" or (smooth == "auto" and spec.method == "awq")
+    return smoothing_transform(model, spec, rounding_for, AWQ_ALPHAS if awq else ALPHAS, wanted,
+                               "awq" if awq else "smooth")
 
 
 def gguf_fit_layout(plan: dict[str, T]):

@@ -3,7 +3,9 @@
 method_args["smooth"] (CLI --smooth): "auto" (the default) smooths GGUF files, searched against
 llama.cpp's rounding of weights and inputs (pipeline/gguf.py), and leaves integer formats alone;
 "on" also smooths integer formats, searched against round-to-nearest on each Linear's grid
-(weights only: their runtimes do not round inputs; AWQ's use of the idea); "off" never smooths.
+(weights only: their runtimes do not round inputs); "awq" is AWQ's own rule (s = mean|x| ** alpha,
+alpha from 20 values per pair) against the same rounding, the default of --method awq and the
+way to put AWQ's scaling before GPTQ (--method gptq --smooth awq); "off" never smooths.
 Integer formats keep it off by default because the search costs about as much again as GPTQ
 (177 s against 96 s on the default model) for -19% KLD at w4 g128.
 """
@@ -16,10 +18,10 @@ import torch
 from lowbit.arch import arch_for
 from lowbit.errors import LowbitError
 from lowbit.formats import grid_for
-from lowbit.transforms.smooth import search_smoothing
+from lowbit.transforms.smooth import AWQ_ALPHAS, search_smoothing
 
 log = logging.getLogger(__name__)
-SMOOTH = ("auto", "on", "off")
+SMOOTH = ("auto", "on", "off", "awq")
 WEIGHT_ONLY_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the default model chose 0.5-0.6 at w4 g128
 
 
@@ -31,10 +33,10 @@ def check_smooth(value) -> str:
 
 def needs_calibration(spec) -> bool:
     """Smoothing asked for outright: calibration is needed even by methods that need none."""
-    return spec.method_args.get("smooth") == "on"
+    return spec.method_args.get("smooth") in ("on", "awq")
 
 
-def smoothing_transform(model, spec, rounding_for, alphas, wanted: bool):
+def smoothing_transform(model, spec, rounding_for, alphas, wanted: bool, rule: str = "smooth"):
     """The walk's transform, or None (not wanted, no smooth pairs in this architecture, or a
     half-precision model, whose norms could not hold the scales exactly).
     rounding_for(layer, layer_name) -> {linear name: (weight rounding, input rounding)}."""
@@ -50,7 +52,7 @@ def smoothing_transform(model, spec, rounding_for, alphas, wanted: bool):
     def transform(layer, layer_name: str, batches) -> dict:
         rounding = rounding_for(layer, layer_name)
         pairs = [(p, ls) for p, ls in arch.smooth if all(n in rounding for n in ls)]
-        return search_smoothing(layer, pairs, batches, rounding, alphas=alphas, max_tokens=tokens)
+        return search_smoothing(layer, pairs, batches, rounding, alphas=alphas, max_tokens=tokens, rule=rule)
     transform.name = "smooth"
     return transform
 
@@ -79,7 +81,10 @@ def format_smoothing(model, spec, targets, fit_layout=None):
                              act.round_input if act is not None else None)
         return out
     smooth = check_smooth(spec.method_args.get("smooth", "auto"))
-    wanted = smooth == "on" or (smooth == "auto" and get_method(spec.method).smooths)
+    method = get_method(spec.method)
+    rule = "awq" if smooth == "awq" or (smooth == "auto" and method.smooths == "awq") else "smooth"
+    wanted = smooth in ("on", "awq") or (smooth == "auto" and bool(method.smooths))
     alpha = spec.method_args.get("alpha")
-    alphas = (alpha,) if alpha is not None else ACT_ALPHAS if spec.act in ACT_SCHEMES else WEIGHT_ONLY_ALPHAS
-    return smoothing_transform(model, spec, rounding_for, alphas, wanted)
+    alphas = ((alpha,) if alpha is not None else AWQ_ALPHAS if rule == "awq"
+              else ACT_ALPHAS if spec.act in ACT_SCHEMES else WEIGHT_ONLY_ALPHAS)
+    return smoothing_transform(model, spec, rounding_for, alphas, wanted, rule)

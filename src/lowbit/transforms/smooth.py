@@ -39,6 +39,17 @@ def smoothing_scales(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: floa
     return s / s.log().mean().exp()
 
 
+def awq_scales(x_absmean: torch.Tensor, alpha: float) -> torch.Tensor:
+    """AWQ's per-channel s = mean|x| ** alpha (Lin et al.): salient channels, those with large
+    inputs on average, are scaled up before rounding, so their weights lose less (normalised
+    to sqrt(max * min) = 1, as the reference implementation does)."""
+    s = x_absmean.float().clamp(min=1e-4).pow(alpha)
+    return s / (s.max() * s.min()).sqrt()
+
+
+AWQ_ALPHAS = tuple(i / 20 for i in range(20))  # AWQ's grid (0: no scaling)
+
+
 @torch.no_grad()
 def scale_pair(layer: torch.nn.Module, prev: str, linears: tuple[str, ...], s: torch.Tensor) -> None:
     """Divide the input of `linears` by s at its source and multiply their columns by s."""
@@ -87,6 +98,8 @@ class _Sample:
             if tokens >= max_tokens:
                 break
         self.absmax: dict[str, torch.Tensor] = {}
+        self.abssum: dict[str, torch.Tensor] = {}
+        self.count: dict[str, int] = {}
         hooks = [layer.get_submodule(linears[0]).register_forward_pre_hook(self._stat(prev))
                  for prev, linears in pairs]
         try:
@@ -95,10 +108,16 @@ class _Sample:
             for h in hooks:
                 h.remove()
 
+    def absmean(self, key) -> torch.Tensor:
+        return self.abssum[key] / self.count[key]
+
     def _stat(self, key):
         def hook(module, args):
-            a = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(0).float()
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).abs().float()
+            a, total = x.amax(0), x.sum(0)
             self.absmax[key] = a if key not in self.absmax else torch.maximum(self.absmax[key], a)
+            self.abssum[key] = total if key not in self.abssum else self.abssum[key] + total
+            self.count[key] = self.count.get(key, 0) + x.shape[0]
         return hook
 
     @staticmethod
@@ -154,10 +173,12 @@ def _rounded(layer, rounding: Rounding, cached: dict, keys: dict, restore: Calla
 
 @torch.no_grad()
 def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
-                     alphas=ALPHAS, max_tokens: int = 4096) -> dict[str, float]:
+                     alphas=ALPHAS, max_tokens: int = 4096, rule: str = "smooth") -> dict[str, float]:
     """Choose alpha per pair (coordinate search, pairs in order) and leave the layer scaled by
     the choice, still computing the same float function. Returns {prev: alpha} of the pairs
-    that were scaled. pairs: ((prev, (linear, ...)), ...) relative to the layer."""
+    that were scaled. pairs: ((prev, (linear, ...)), ...) relative to the layer.
+    rule: "smooth" (smoothing_scales: input absmax against weight absmax) or "awq"
+    (awq_scales: mean |input| alone)."""
     pairs = [(p, tuple(ls)) for p, ls in pairs]
     if not pairs:
         return {}
@@ -176,7 +197,9 @@ def search_smoothing(layer: torch.nn.Module, pairs, batches, rounding: Rounding,
                 v.data.copy_(params[k])
         for p, ls in pairs:
             if p in choice:
-                scale_pair(layer, p, ls, smoothing_scales(sample.absmax[p], w_absmax[p], choice[p]))
+                s = (awq_scales(sample.absmean(p), choice[p]) if rule == "awq"
+                     else smoothing_scales(sample.absmax[p], w_absmax[p], choice[p]))
+                scale_pair(layer, p, ls, s)
 
     def keys_of(choice) -> dict:
         return {n: (n,) + tuple(choice.get(p) for p in ps) for n, ps in shaped_by.items()}
