@@ -34,7 +34,6 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import json
 import math
-import resource
 import sys
 import time
 from importlib.metadata import version
@@ -86,4 +85,4 @@ with open(os.path.join(out, "peer.json"), "w") as f:
                "bits_per_weight": stored / n_w,
                "bits_formula": "bits + (16 + bits) * ceil(cols / group) / cols",
                "seconds": seconds}, f, indent=1)
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"seconds": seconds, "peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024}))

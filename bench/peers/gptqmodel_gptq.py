@@ -14,7 +14,6 @@ as GPTQ (v1 checkpoint format). Prints one JSON line: wall seconds of quantize()
 process's peak RSS."""
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -43,4 +42,4 @@ t0 = time.perf_counter()
 model.quantize(rows, calibration_sort=None, calibration_data_min_length=0, batch_size=1)
 seconds = time.perf_counter() - t0
 model.save(out)
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"seconds": seconds, "peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024}))

@@ -27,7 +27,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import json
-import resource
 import sys
 import time
 from importlib.metadata import version
@@ -68,4 +67,4 @@ with open(os.path.join(out, "peer.json"), "w") as f:
                "bits_per_weight": stored / n_w,
                "bits_formula": "packed W_q bits (4 at 4-bit, 3.2 at 3-bit) + 2 * bits(compute_dtype) / group",
                "seconds": seconds}, f, indent=1)
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"seconds": seconds, "peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024}))

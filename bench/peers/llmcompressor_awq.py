@@ -24,7 +24,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import json
-import resource
 import sys
 import time
 from importlib.metadata import version
@@ -95,4 +94,4 @@ with open(os.path.join(out, "peer.json"), "w") as f:
                             "quantized_linears": len(deq)},
                "bits_per_weight": bpw, "bits_formula": "bits + (scale_bits + (0 if sym else bits)) / group",
                "seconds": seconds}, f, indent=1)
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"seconds": seconds, "peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024}))

@@ -55,7 +55,7 @@ def _check_weights(model: torch.nn.Module) -> None:
 
 
 def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128", out: str | Path | None = None,
-             *, calib: str | Path | None = None, nsamples: int = 128, seqlen: int = 512, seed: int = 0,
+             *, calib: str | Path | torch.Tensor | None = None, nsamples: int = 128, seqlen: int = 512, seed: int = 0,
              overwrite: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
              format: str = "compressed-tensors", resume: bool = False,
              checkpoint_seconds: float | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
@@ -73,6 +73,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     format="gguf" writes OUT as one GGUF file of llama.cpp file type `gguf_type` (default
     "Q4_K_M"): rtn rounds as llama.cpp does, gptq runs GPTQ on its block grids.
     tokenizer: a directory whose tokenizer to use (for a model saved without one).
+    calib: calibration text (a file; None: the default text), or token ids (samples, tokens).
     progress(stage, done, total): called as the work goes on; by default progress goes to the
     `lowbit.progress` logger at INFO. discard_partial: delete a partial run of OUT that is not
     resumed (default: as overwrite); otherwise such a run is kept and this call refused."""
@@ -174,6 +175,11 @@ def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed
     smoothing asked for (smooth "on"), else (None, None)."""
     if not method.needs_calibration and not smoothing.needs_calibration(spec):
         return None, None
+    if isinstance(calib, torch.Tensor):  # token ids given as they are (a benchmark's shared ids)
+        if calib.dim() != 2 or calib.dtype not in (torch.int32, torch.int64):
+            raise LowbitError(f"calibration ids must be an integer tensor (samples, tokens), got {calib.dtype} "
+                              f"of shape {tuple(calib.shape)}: give a text file or such a tensor")
+        return calib.long(), {"source": "token ids", "nsamples": calib.shape[0], "seqlen": calib.shape[1]}
     if loaded.tokenizer is None:
         raise missing_tokenizer(loaded.source, f"calibrating {spec.method}")
     text = load_text(calib, "calib")

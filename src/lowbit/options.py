@@ -23,7 +23,7 @@ class WalkOptions:
     forward_dtype: str = "auto"  # calibration forwards: float32, bfloat16, auto
     cache_bytes: int | None = None  # replayed layer outputs kept in memory (None: 2 GB or less)
     smooth: str = "auto"  # per-channel smoothing: auto, on, off, awq
-    smooth_tokens: int = 4096  # calibration tokens per layer for the smoothing search
+    smooth_tokens: int | None = None  # calibration tokens per layer for the smoothing search (None: 4096; awq 1024)
     head_gptq: bool = True  # GGUF with gptq: the tied output matrix gets GPTQ too
     rotate: str = "none"  # whole-model rotation before the walk (transforms/rotate.py): none, hadamard; seeded by --seed
 
