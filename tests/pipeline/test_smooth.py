@@ -14,7 +14,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats.ggml_activations import round_q8_0
 from lowbit.formats.ggml_tensor import round_ggml
 from lowbit.pipeline.capture import capture_first_layer_inputs, layer_output
-from lowbit.transforms.smooth import _held, _split, scale_pair, search_smoothing, smoothing_scales
+from lowbit.transforms.smooth import _held, _split, awq_scales, scale_pair, search_smoothing, smoothing_scales
 from tiny import LINEARS, plant_outliers, tiny_llm  # noqa: F401
 
 
@@ -42,8 +42,9 @@ def rounded_error(layer, batches, targets) -> float:
             layer.get_submodule(n).weight.copy_(w)
 
 
+@pytest.mark.parametrize("rule", ["random", "awq"])
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
-def test_scaling_every_pair_leaves_the_model_unchanged(family):
+def test_scaling_every_pair_leaves_the_model_unchanged(family, rule):
     model = tiny_llm(family)
     ids = torch.randint(0, 512, (1, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -53,6 +54,8 @@ def test_scaling_every_pair_leaves_the_model_unchanged(family):
         for prev, linears in arch_for(model).smooth:
             width = layer.get_submodule(linears[0]).in_features
             s = torch.exp(torch.randn(width, generator=g))  # factors spread over ~20x
+            if rule == "awq":  # AWQ's own scales, mean|x| ** 0.5 normalised, fold the same way
+                s = awq_scales(s * 5, 0.5)
             w0 = layer.get_submodule(linears[0]).weight.clone()
             scale_pair(layer, prev, linears, s)
             assert not torch.allclose(w0, layer.get_submodule(linears[0]).weight)
