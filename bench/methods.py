@@ -1,14 +1,16 @@
 """Every method lowbit has against the peers, on the default model, in one table.
 
     python bench/methods.py [--rows NAME,...] [--save DIR] [--windows 40] [--peers-dir /work/peers]
+                            [--texts wiki,code,legal]
 
 Each row quantizes in a child process of its own, one after another (its seconds and peak RSS
 are its own, read as VmHWM: ru_maxrss would carry the parent's RSS at the fork): lowbit's through lowbit.quantize (compressed-tensors, read back from disk), each
 peer with its runner script in bench/peers/ and the Python of its own virtual environment
 (PEERS_DIR/venv-NAME, see each script's docstring for the exact pins). Everyone gets the same
-128 x 512 calibration ids (the default calibration split, seed 0) in the same order, and every
-result is judged on the same evaluation windows (the default evaluation split) against the
-float model: perplexity, KLD, top-1 agreement. Bits per weight count what each file stores for
+128 x 512 calibration ids (lowbit's default mix of Wikipedia, Gutenberg and the Debian handbook,
+seed 0) in the same order, and every result is judged on the same evaluation windows against
+the float model: perplexity, KLD, top-1 agreement, on the held-out Wikipedia text and on two
+domains no calibration text contains (C source code, license texts). Bits per weight count what each file stores for
 the quantized Linears (codes, scales, zero points, g_idx); for the peers that is their own
 packed format's cost (bench/peers/*.py say how), while their weights are evaluated dequantized.
 --save keeps each row's result in DIR/ROW.json, and a later run reuses it (resume): delete the
@@ -29,7 +31,7 @@ from safetensors.torch import save_file
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from common import setup  # noqa: E402
+from common import EVAL_TEXTS, setup_domains  # noqa: E402
 
 from lowbit.eval.perplexity import evaluate_many  # noqa: E402
 from lowbit.eval.size import bits_per_weight  # noqa: E402
@@ -62,6 +64,7 @@ ROWS = {
     "llm-compressor gptq w4 g64 asym": ("llmcompressor", ("llmcompressor_gptq.py", "4", "64", "0")),
     "gptqmodel gptq w4 g64 asym": ("gptqmodel", ("gptqmodel_gptq.py", "4", "64", "0")),
     "hqq w4 g64": ("hqq", ("hqq_quant.py", "4", "64", "float16")),
+    "lowbit signround w4 g64 asym": ("lowbit", dict(method="signround", **W4G64)),
     "auto-round w4 g64 asym": ("autoround", ("autoround_quant.py", "4", "64", "0")),
     "bnb nf4 (double quant)": ("lowbit-venv", ("bnb_nf4.py", "1")),
     # 4-bit g128 (lowbit's layouts store 96-wide groups on 576-wide rows) and per channel
@@ -69,7 +72,9 @@ ROWS = {
     "lowbit rot+gptq w4 g128": ("lowbit", dict(method="gptq", bits=4, group_size=128, method_args={"rotate": "hadamard"})),
     "lowbit rot+gptq w4 g128 asym": ("lowbit", dict(method="gptq", bits=4, group_size=128, symmetric=False,
                                                     method_args={"rotate": "hadamard"})),
+    "lowbit signround w4 g128": ("lowbit", dict(method="signround", bits=4, group_size=128)),
     "auto-round w4 g128 sym": ("autoround", ("autoround_quant.py", "4", "128", "1")),
+    "auto-round w4 g128 sym 50 iters": ("autoround", ("autoround_quant.py", "4", "128", "1", "50")),
     "gptqmodel gptq w4 g128 sym": ("gptqmodel", ("gptqmodel_gptq.py", "4", "128", "1")),
     "lowbit gptq w4 per channel": ("lowbit", dict(method="gptq", bits=4, group_size=-1)),
     "lowbit rot+gptq w4 per channel": ("lowbit", dict(method="gptq", bits=4, group_size=-1,
@@ -116,6 +121,7 @@ def main():
     ap.add_argument("--save", help="directory of per-row results, reused by a later run")
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--peers-dir", default=os.environ.get("LOWBIT_PEERS_DIR", "/work/peers"))
+    ap.add_argument("--texts", default=",".join(EVAL_TEXTS), help="evaluation texts (the first is in-domain)")
     args = ap.parse_args()
     names = [n.strip() for n in args.rows.split(",")] if args.rows else list(ROWS)
     unknown = [n for n in names if n not in ROWS]
@@ -124,7 +130,8 @@ def main():
     save = Path(args.save) if args.save else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
-    base, calib, wins = setup(128, 512, args.windows)
+    texts = args.texts.split(",")
+    base, calib, wins = setup_domains(128, 512, args.windows, 0, texts)
     model_dir = str(default_model_dir())
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,24 +148,30 @@ def main():
             r = quantize_row(name, tool, settings, model_dir, calib_file, out, args.peers_dir)
             if "error" not in r:
                 model = load_model(out).model
-                r.update(evaluate_many({name: model}, wins, base.model)[name])
+                for text in texts:  # the first text's keys plain, the others' prefixed by the text
+                    got = evaluate_many({name: model}, wins[text], base.model)[name]
+                    r.update(got if text == texts[0] else {f"{text}_{k}": v for k, v in got.items()})
                 del model
             r = {k: v for k, v in r.items() if isinstance(v, (int, float, str)) or v is None}
             results[name] = r
             print(f"{name}: {json.dumps(r)}", flush=True)
             if cached is not None:
                 cached.write_text(json.dumps(r, indent=1))
-    print(f"\ndefault model, 128 x 512 calibration tokens (same ids for all), eval {wins.numel()} tokens "
-          f"of the default evaluation split; base perplexity "
+    first = texts[0]
+    print(f"\ndefault model, 128 x 512 calibration tokens (same ids for all; default mix), eval "
+          f"{wins[first].numel()} tokens per text; KLD on {', '.join(texts)} ({', '.join(texts[1:])}: domains "
+          f"calibration lacks); base perplexity on {first} "
           f"{next((r['base_perplexity'] for r in results.values() if 'base_perplexity' in r), float('nan')):.3f}")
-    print(f"| {'row':<34} | bits/w | perplexity | KLD | top-1 | seconds | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    kld_cols = " | ".join(f"KLD {t}" for t in texts)
+    print(f"| {'row':<34} | bits/w | perplexity | {kld_cols} | top-1 | seconds | peak RSS MB |")
+    print("|---|---|---|" + "---|" * len(texts) + "---|---|---|")
     for name, r in results.items():
         if "error" in r:
             print(f"| {name:<34} | failed: {r['error'][:90]} |")
             continue
         bpw = f"{r['bits_per_weight']:.3f}" if r.get("bits_per_weight") else "-"
-        print(f"| {name:<34} | {bpw} | {r['perplexity']:.3f} | {r['kld']:.4f} | {r.get('top1_agreement', float('nan')):.3f} | "
+        klds = " | ".join(f"{r.get('kld' if t == first else f'{t}_kld', float('nan')):.4f}" for t in texts)
+        print(f"| {name:<34} | {bpw} | {r['perplexity']:.3f} | {klds} | {r.get('top1_agreement', float('nan')):.3f} | "
               f"{r['seconds']:.1f} | {r['peak_rss_bytes'] / 1e6:.0f} |")
 
 

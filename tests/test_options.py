@@ -54,3 +54,11 @@ def test_every_option_is_on_the_cli_or_named_api_only():
 def test_what_the_cli_builds_passes_the_check(method):
     spec = cli._quantize_spec(None, method, None, None, None, None, None, None, None, None, "auto", "auto")
     check_method_args(spec, get_method(method))
+
+
+def test_iters_belongs_to_signround():
+    spec = cli._quantize_spec(None, "signround", None, None, None, None, None, None, None, None, "auto", "auto",
+                              iters=7)
+    assert spec.method_args["iters"] == 7
+    with pytest.raises(LowbitError, match="--iters applies to --method signround only, not rtn: drop it"):
+        cli._quantize_spec(None, "rtn", None, None, None, None, None, None, None, None, "auto", "auto", iters=7)

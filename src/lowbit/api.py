@@ -14,7 +14,7 @@ from lowbit.io.hf_config import load_tokenizer, missing_tokenizer
 from lowbit.options import WalkOptions, check_method_args, options_of
 from lowbit.transforms.rotate import rotation_transform
 from lowbit.progress import logging_progress
-from lowbit.calibration.text import calibration_samples, load_text, tokenize
+from lowbit.calibration.text import calibration_samples, load_texts, tokenize
 from lowbit.eval.base_cache import BaseHidden
 from lowbit.eval.perplexity import evaluate_windows, windows
 from lowbit.hardware import resolve_forward_dtype
@@ -138,6 +138,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     summary["smoothing"] = result.transforms.get("smooth", {})  # alpha per layer and pair ({}: none ran)
     if rotated is not None:
         summary["rotation"] = rotated
+    if result.tuning:  # SignRound's loss per layer, before and after
+        summary["tuning"] = result.tuning
     if out is not None:
         t0 = time.perf_counter()
         prefix = arch_for(loaded.model).layers
@@ -182,11 +184,10 @@ def _calibration(method, loaded: Loaded, calib, nsamples: int, seqlen: int, seed
         return calib.long(), {"source": "token ids", "nsamples": calib.shape[0], "seqlen": calib.shape[1]}
     if loaded.tokenizer is None:
         raise missing_tokenizer(loaded.source, f"calibrating {spec.method}")
-    text = load_text(calib, "calib")
-    calibration = calibration_samples(loaded.tokenizer, text, nsamples, seqlen, seed)
+    texts, source = load_texts(calib, "calib")
+    calibration = calibration_samples(loaded.tokenizer, texts, nsamples, seqlen, seed)
     _warn_small_calibration(loaded.model, calibration)
-    return calibration, {"source": str(calib) if calib else "default (wiki-offline, calib split)",
-                         "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+    return calibration, {"source": source, "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
 
 
 def _use_tokenizer(loaded: Loaded, tokenizer) -> None:
@@ -235,8 +236,8 @@ def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "aut
     else:
         base_name = _resolve_base(loaded, base)
         base_loaded = load_model(base_name, allow_pickle) if base_name else None
-    text = load_text(data, "eval")
-    wins = windows(tokenize(loaded.tokenizer, text), seqlen, max_windows)
+    texts, data_source = load_texts(data, "eval")
+    wins = windows(tokenize(loaded.tokenizer, "\n\n".join(texts)), seqlen, max_windows)
     if eval_dtype not in ("float32", "bfloat16", "auto"):
         raise LowbitError(f"eval dtype {eval_dtype!r} is unknown: use float32, bfloat16 or auto")
     dtype = resolve_forward_dtype(eval_dtype)
@@ -250,7 +251,7 @@ def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "aut
         hidden.save()
         res["base_cached"] = hidden.hit
     res["eval_seconds"] = time.perf_counter() - t0
-    res["data"] = str(data) if data else "default (wiki-offline, eval split)"
+    res["data"] = data_source
     res["model"] = loaded.source
     res["base"] = base_loaded.source if base_loaded else None
     src = Path(loaded.source)

@@ -197,7 +197,8 @@ METHOD_PRESETS = {"smoothquant": "w8a8", "llm-int8": "llm-int8"}
 
 
 def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order, static_groups,
-                   true_sequential, forward_dtype, smooth, grid=None, double_quant=None, rotate="none"):
+                   true_sequential, forward_dtype, smooth, grid=None, double_quant=None, rotate="none",
+                   iters=None):
     """The QuantSpec a quantize command asks for: the preset (default: lowbit's best measured
     4-bit recipe), then every option given beside it; options that do not apply are refused."""
     from lowbit.methods.gptq import GPTQOptions
@@ -211,10 +212,14 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
                           "--static-groups/--no-static-groups": static_groups})
     if method != "gptq" and gptq_only:
         raise LowbitError(f"{gptq_only[0]} applies to --method gptq only, not {method}: drop it or use --method gptq")
+    if iters is not None and method != "signround":
+        raise LowbitError(f"--iters applies to --method signround only, not {method}: drop it or use --method signround")
     method_args = {"true_sequential": walk.true_sequential if true_sequential is None else true_sequential,
                    "forward_dtype": forward_dtype, "smooth": smooth}
     if rotate != "none":
         method_args["rotate"] = rotate
+    if iters is not None:
+        method_args["iters"] = iters
     if method == "gptq":
         method_args.update(damp_percent=gptq.damp_percent if damp_percent is None else damp_percent,
                            act_order=gptq.act_order if act_order is None else act_order,
@@ -299,7 +304,7 @@ def quantize(
     preset_name: Optional[str] = typer.Option(None, "--preset", help="a preset such as w4g128, gptq-w4g128, w8, "
                                               "best-4bit (the default); options given beside it override it"),
     method: Optional[str] = typer.Option(None, help="quantization method: gptq (default, lowbit's best measured "
-                                         "4-bit method) or rtn"),
+                                         "4-bit method), rtn, awq, hqq, signround, smoothquant, llm-int8"),
     bits: Optional[int] = typer.Option(None, help="bits per weight, 2..8 (default 4)"),
     group_size: Optional[int] = typer.Option(None, help="group size; -1 per channel, 0 per tensor (default 128)"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="symmetric grid (default) or asymmetric with zero point"),
@@ -316,11 +321,14 @@ def quantize(
                                              help="gptq: columns by decreasing Hessian diagonal (default on)"),
     static_groups: Optional[bool] = typer.Option(None, "--static-groups/--no-static-groups",
                                                  help="gptq: group grids fixed before the solve (default on)"),
+    iters: Optional[int] = typer.Option(None, help="signround: signed-gradient steps per decoder layer (50)"),
     true_sequential: Optional[bool] = typer.Option(None, "--true-sequential/--no-true-sequential",
                                                    help="statistics of later projections from quantized earlier ones"),
     forward_dtype: str = typer.Option("auto", help="calibration forward passes: float32, bfloat16, or auto "
                                                      "(bfloat16 on CPUs with AVX-512 BF16 / AMX)"),
-    calib: Optional[Path] = typer.Option(None, help="calibration text (.txt, .jsonl, .parquet)"),
+    calib: Optional[Path] = typer.Option(None, help="calibration text (.txt, .jsonl, .parquet) or named texts "
+                                           "joined by '+' (wiki, gutenberg, handbook, code, legal); default "
+                                           "wiki+gutenberg+handbook in equal parts"),
     nsamples: Optional[int] = typer.Option(None, help="calibration samples (128)"),
     seqlen: int = typer.Option(512, help="tokens per calibration sample / eval window"),
     seed: int = typer.Option(0),
@@ -362,10 +370,11 @@ def quantize(
             recipe, model, fmt, gguf_type, nsamples, seqlen, seed, calib, preset_name=preset_name, method=method, bits=bits,
             group_size=group_size, sym=sym, clip=clip, damp_percent=damp_percent, act_order=act_order,
             static_groups=static_groups, true_sequential=true_sequential, grid=grid, double_quant=double_quant,
-            smooth=None if smooth == "auto" else smooth)
+            smooth=None if smooth == "auto" else smooth, iters=iters)
     else:
         spec = _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order,
-                              static_groups, true_sequential, forward_dtype, smooth, grid, double_quant, rotate)
+                              static_groups, true_sequential, forward_dtype, smooth, grid, double_quant, rotate,
+                              iters)
     fmt = fmt or ("bnb" if spec.act == "llm-int8" else "compressed-tensors")  # where each scheme runs
     if output is None:
         stem = Path(model).stem if model else "SmolLM2-135M-Instruct"
@@ -410,7 +419,8 @@ def quantize(
 def eval_cmd(
     model: Optional[str] = typer.Argument(None, help="model to evaluate"),
     base: Optional[str] = typer.Option("auto", help="base model; 'none' turns it off"),
-    data: Optional[Path] = typer.Option(None, help="evaluation text (.txt, .jsonl, .parquet)"),
+    data: Optional[Path] = typer.Option(None, help="evaluation text (.txt, .jsonl, .parquet) or a named text: "
+                                          "wiki (default, held out), code, legal, gutenberg, handbook"),
     seqlen: int = typer.Option(512, help="tokens per window"),
     max_windows: int = typer.Option(DEFAULT_WINDOWS, help="number of windows (0 = all)"),
     batch_size: int = typer.Option(2),

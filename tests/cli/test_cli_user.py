@@ -50,6 +50,8 @@ BAD_INPUT = [  # (arguments with {t} for a temporary directory, words of the one
     (["quantize", "{model}", "--method", "magic", "-o", "{t}/o"], ["magic"]),
     (["quantize", "{model}", "--smooth", "maybe", "-o", "{t}/o"], ["smooth"]),
     (["quantize", "{model}", "--bits", "9", "-o", "{t}/o"], ["bits=9"]),
+    (["quantize", "{model}", "--method", "rtn", "--iters", "100", "-o", "{t}/o"], ["--iters", "signround"]),
+    (["quantize", "{model}", "--method", "gptq", "--calib", "wikii", "-o", "{t}/o"], ["unknown text 'wikii'"]),
     (["info", "{t}/c.txt"], ["not a model"]),
     (["eval", "{t}/none"], ["does not exist"]),
     (["export", "{model}", "--format", "awq", "--bits", "3", "-o", "{t}/o"], ["AWQ"]),

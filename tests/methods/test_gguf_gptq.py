@@ -179,20 +179,23 @@ def _llamacpp_vs_dequantized(gguf, model, float_model, tiny_tok, tmp_path):
 
 
 @needs_llamacpp
-def test_llamacpp_runs_gptq_gguf(tmp_path, tiny_tok):
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_llamacpp_runs_gptq_gguf(tmp_path, tiny_tok, method):
     """llama.cpp's logits on a lowbit GPTQ file match lowbit's dequantized model as closely as on
     files of llama.cpp's own rounding (tests/test_gguf.py: 3 % of mean |logit|, and at most half
     the distance between the dequantized and the float model). Q2_K: at Q4_K_M, GPTQ (with the tied
     output matrix solved too) leaves this tiny model 0.0008 from the float one in mean |logit|, only
     twice the noise of llama.cpp's own 8-bit rounding of activations (0.0004), so that bound could not
-    tell the dequantized model from the float one."""
+    tell the dequantized model from the float one. AWQ: its scales folded into the norms and the
+    weights before llama.cpp's rounding, the file judged the same way."""
     text = tmp_path / "prose.txt"
     text.write_text(PROSE)
     loaded = _tiny_loaded(tiny_tok)
     float_model = tiny_llm("llama", hidden=256, vocab=len(tiny_tok))
     out = tmp_path / "m.gguf"
-    s = lowbit.quantize(loaded, QuantSpec(method="gptq"), out, format="gguf", gguf_type="Q2_K", calib=text,
+    s = lowbit.quantize(loaded, QuantSpec(method=method), out, format="gguf", gguf_type="Q2_K", calib=text,
                         nsamples=4, seqlen=64)
+    assert s["smoothing"] or method != "awq"  # AWQ's scales were chosen and folded
     err, deq, flt = _llamacpp_vs_dequantized(out, s["loaded"].model, float_model, tiny_tok, tmp_path)
     assert err <= 0.03 * deq, (err, deq)
     assert err <= 0.5 * flt, (err, flt)

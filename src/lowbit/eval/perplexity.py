@@ -83,6 +83,17 @@ def _stderr(per_window: torch.Tensor, tokens_per_window: int) -> float:
     return float(means.std(unbiased=True) / math.sqrt(len(means)))
 
 
+def _kld_per_window(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """sum over tokens of KL(base || model), per window, in float64 a window at a time: in float32
+    the log-probabilities carry errors of ~1e-6, which swamp the KLD of nearly equal models (and
+    can make it negative)."""
+    out = torch.empty(len(logits), dtype=torch.float64)
+    for b in range(len(logits)):
+        bl, ql = F.log_softmax(base_logits[b].double(), -1), F.log_softmax(logits[b].double(), -1)
+        out[b] = (bl.exp() * (bl - ql)).sum()
+    return out
+
+
 @torch.no_grad()
 def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int = 2,
                   progress: Callable[[str, int, int], None] | None = None, dtype: str = "float32",
@@ -98,20 +109,23 @@ def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int =
         batch = wins[i:i + batch_size]
         rows = slice(i, i + len(batch))
         target = batch[:, 1:, None]
-        base_logp = None
+        base_logits = None
         if base is not None:
             hidden = base_hidden(i, batch) if base_hidden is not None else head_inputs(base, batch, dtype)
-            base_logp = F.log_softmax(head_logits(base, hidden), -1)
+            base_logits = head_logits(base, hidden)
+            base_logp = F.log_softmax(base_logits, -1)
             base_acc.nll[rows] = -base_logp.gather(-1, target).sum((1, 2)).double()
-            base_p, base_top = base_logp.exp(), base_logp.argmax(-1)
+            base_top = base_logp.argmax(-1)
+            del base_logp
         for name, model in models.items():
-            logp = F.log_softmax(head_logits(model, head_inputs(model, batch, dtype)), -1)
+            logits = head_logits(model, head_inputs(model, batch, dtype))
+            logp = F.log_softmax(logits, -1)
             a = acc[name]
             a.nll[rows] = -logp.gather(-1, target).sum((1, 2)).double()
-            if base_logp is not None:
-                a.kld[rows] = (base_p * (base_logp - logp)).sum((1, 2)).double()
+            if base_logits is not None:
+                a.kld[rows] = _kld_per_window(base_logits, logits)
                 a.agree[rows] = (base_top == logp.argmax(-1)).sum(1)
-            del logp
+            del logp, logits
         if progress:
             progress("eval", min(i + batch_size, n), n)
     count = n * per

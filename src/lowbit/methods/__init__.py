@@ -10,3 +10,4 @@ from lowbit.methods import smoothquant  # noqa: E402,F401
 from lowbit.methods import llm_int8  # noqa: E402,F401
 from lowbit.methods import hqq  # noqa: E402,F401
 from lowbit.methods import awq  # noqa: E402,F401
+from lowbit.methods import signround  # noqa: E402,F401

@@ -19,10 +19,19 @@ class Method:
     options: ClassVar[type | None] = None  # frozen dataclass of the method's spec.method_args keys
     auto_clip: ClassVar[str] = "minmax"  # what clip "auto" means on integer grids for this method
     smooths: ClassVar[bool | str] = False  # smoothing is part of the method (smooth "auto" turns it on; "awq": AWQ's rule)
+    tunes_layers: ClassVar[bool] = False  # tune() fits a whole decoder layer before its Linears are quantized
 
     def observer(self, module: torch.nn.Linear, spec: QuantSpec) -> Observer | None:
         """Statistics this method needs for `module` (None: weights alone suffice)."""
         return None
+
+    def tune(self, layer: torch.nn.Module, modules: dict[str, torch.nn.Linear], grids: dict[str, Grid],
+             batches, spec: QuantSpec, forward) -> tuple[dict, dict]:
+        """For methods with tunes_layers: learn what quantize() needs for all of a layer's
+        Linears at once, against the layer's output on its calibration inputs (batches of
+        (hidden, args, kwargs)); forward() is the walk's autocast context. Returns (per Linear
+        the observer quantize() receives, what to report for the layer)."""
+        raise NotImplementedError
 
     def quantize(self, W: torch.Tensor, grid: Grid, spec: QuantSpec,
                  observer: Observer | None = None) -> QTensor:

@@ -37,7 +37,7 @@ from lowbit.pipeline.sequential import target_linears
 from lowbit.pipeline.smoothing import check_smooth, smoothing_transform
 from lowbit.transforms.smooth import ALPHAS, AWQ_ALPHAS
 
-GGUF_METHODS = ("rtn", "gptq")  # methods that choose codes on any grid, GGML blocks included
+GGUF_METHODS = ("rtn", "gptq", "awq")  # methods that choose codes on any grid, GGML blocks included (AWQ: its scales, then llama.cpp's rounding)
 
 
 def check_gguf_request(file_type: str, method: str) -> None:

@@ -47,6 +47,7 @@ class QuantResult:
     stored_layers: int = 0  # decoder layers whose codes live in the LayerStore, not in `tensors`
     forward_dtype: str = "float32"  # calibration forwards as run ("auto" resolved)
     transforms: dict[str, dict] = field(default_factory=dict)  # transform name -> what it chose (per layer)
+    tuning: dict[str, dict] = field(default_factory=dict)  # layer -> what a layer-tuning method reports
 
 
 def target_linears(model: torch.nn.Module, spec: QuantSpec) -> dict[str, torch.nn.Linear]:
@@ -169,15 +170,19 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
     result = QuantResult()
     result.transforms = result_transforms
 
-    def quantize_one(name: str, observer=None):
-        module = targets[name]
+    def fitted_spec(name: str) -> QuantSpec:
         mspec = spec.for_module(name)
         if fit_layout is not None:
-            fitted = fit_layout(name, mspec, tuple(module.weight.shape))
+            fitted = fit_layout(name, mspec, tuple(targets[name].weight.shape))
             change = _layout_change(mspec, fitted)
             if change:
                 result.layout_changes[name] = change
             mspec = fitted
+        return mspec
+
+    def quantize_one(name: str, observer=None):
+        module = targets[name]
+        mspec = fitted_spec(name)
         qt = method.quantize(module.weight.data, grid_for(mspec, method.auto_clip), mspec, observer)
         release_free_memory()
         module.weight.data.copy_(qt.dequantize().to(module.weight.dtype))
@@ -238,6 +243,12 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 for t in transforms:
                     result.transforms[getattr(t, "name", "transform")][f"{prefix}.{i}"] = t(layer, f"{prefix}.{i}", batches)
             groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
+            tuned = {}
+            if batches is not None and method.tunes_layers:  # the whole layer's Linears at once
+                inside = {n: targets[n] for g in groups for n in g}
+                grids = {n: grid_for(fitted_spec(n), method.auto_clip) for n in inside}
+                tuned, report = method.tune(layer, inside, grids, batches, spec, forward)
+                result.tuning[f"{prefix}.{i}"] = report
             if not true_sequential:  # one pass: every Linear sees inputs from the float layer
                 groups = [[n for g in groups for n in g]]
             for group in groups:
@@ -259,6 +270,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                     observer = observers.pop(name, None)  # 5632-wide input), freed once used
                     if observer is not None:  # no other Linear of the group reads this input
                         observer.last_use = all(o is not observer for o in observers.values())
+                    else:
+                        observer = tuned.pop(name, None)
                     quantize_one(name, observer)
                     del observer
                     if batches is not None:
