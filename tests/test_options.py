@@ -62,3 +62,11 @@ def test_iters_belongs_to_signround():
     assert spec.method_args["iters"] == 7
     with pytest.raises(LowbitError, match="--iters applies to --method signround only, not rtn: drop it"):
         cli._quantize_spec(None, "rtn", None, None, None, None, None, None, None, None, "auto", "auto", iters=7)
+
+
+def test_a_preset_may_rotate_and_an_option_beside_it_overrides():
+    args = (None, None, None, None, None, None, None, None, None, "auto", "auto")
+    assert cli._quantize_spec("rot-gptq-w4g128", *args).method_args["rotate"] == "hadamard"
+    assert "rotate" not in cli._quantize_spec("rot-gptq-w4g128", *args, rotate="none").method_args
+    assert cli._quantize_spec("rot-gptq-w4g128", "rtn", *args[1:]).method_args["rotate"] == "hadamard"
+    assert "rotate" not in cli._quantize_spec("gptq-w4g128", *args).method_args

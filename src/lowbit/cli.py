@@ -197,7 +197,7 @@ METHOD_PRESETS = {"smoothquant": "w8a8", "llm-int8": "llm-int8"}
 
 
 def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percent, act_order, static_groups,
-                   true_sequential, forward_dtype, smooth, grid=None, double_quant=None, rotate="none",
+                   true_sequential, forward_dtype, smooth, grid=None, double_quant=None, rotate=None,
                    iters=None):
     """The QuantSpec a quantize command asks for: the preset (default: lowbit's best measured
     4-bit recipe), then every option given beside it; options that do not apply are refused."""
@@ -216,7 +216,8 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
         raise LowbitError(f"--iters applies to --method signround only, not {method}: drop it or use --method signround")
     method_args = {"true_sequential": walk.true_sequential if true_sequential is None else true_sequential,
                    "forward_dtype": forward_dtype, "smooth": smooth}
-    if rotate != "none":
+    rotate = rotate or base.method_args.get("rotate", "none")
+    if rotate != "none":  # given, or the preset's (best-4bit may rotate)
         method_args["rotate"] = rotate
     if iters is not None:
         method_args["iters"] = iters
@@ -340,7 +341,7 @@ def quantize(
     smooth: str = typer.Option("auto", help="per-channel smoothing before quantizing: auto (GGUF files with gptq, "
                                             "searched against llama.cpp's rounding of weights and inputs), on "
                                             "(integer formats and rtn too; needs calibration), off"),
-    rotate: str = typer.Option("none", help="exact rotation before quantizing: hadamard (random Hadamard rotation "
+    rotate: Optional[str] = typer.Option(None, help="exact rotation before quantizing: hadamard (random Hadamard rotation "
                                             "of the residual stream and per head, folded into the weights; "
                                             "Llama / Mistral / Qwen) or none"),
     recipe: Optional[Path] = typer.Option(None, help="a recipe file (YAML / TOML: method, grid, transforms, per-module "

@@ -138,7 +138,11 @@ GRID_PRESETS = {"nf4": {"grid": "nf4", "bits": 4, "group_size": 64},
                 # int8 weights per output channel, each token's input in int8, an int8 GEMM
                 "w8a8": {"bits": 8, "group_size": -1, "act": "int8-token", "method": "smoothquant"},
                 "w8a8-rtn": {"bits": 8, "group_size": -1, "act": "int8-token"},
-                "llm-int8": {"bits": 8, "group_size": -1, "act": "llm-int8", "method": "llm-int8"}}
+                "llm-int8": {"bits": 8, "group_size": -1, "act": "llm-int8", "method": "llm-int8"},
+                # a random Hadamard rotation of the residual stream and per head, then GPTQ
+                "rot-gptq-w4g128": {"bits": 4, "group_size": 128, "method": "gptq",
+                                    "method_args": {"rotate": "hadamard"}},
+                "rot-gptq-w4": {"bits": 4, "group_size": -1, "method": "gptq", "method_args": {"rotate": "hadamard"}}}
 
 _PRESET = re.compile(r"^(?:(?P<method>[a-z0-9]+)-)?w(?P<bits>\d)(?:g(?P<group>\d+))?"
                      r"(?P<sym>-sym|-asym)?(?P<mse>-mse)?$")
