@@ -83,15 +83,20 @@ def _stderr(per_window: torch.Tensor, tokens_per_window: int) -> float:
     return float(means.std(unbiased=True) / math.sqrt(len(means)))
 
 
-def _kld_per_window(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """sum over tokens of KL(base || model), per window, in float64 a window at a time: in float32
-    the log-probabilities carry errors of ~1e-6, which swamp the KLD of nearly equal models (and
-    can make it negative)."""
-    out = torch.empty(len(logits), dtype=torch.float64)
-    for b in range(len(logits)):
+def _kld_per_window(base_logits, base_logp, base_p, logits, logp) -> torch.Tensor:
+    """sum over tokens of KL(base || model), per window. In float32 the log-probabilities carry
+    errors of ~1e-6 per token, which swamp (and can turn negative) the KLD of nearly equal models:
+    windows whose float32 KLD is below PRECISE_BELOW per token are recomputed in float64, a window
+    at a time (memory), while the rest keep the fast float32 sum."""
+    out = (base_p * (base_logp - logp)).sum((1, 2)).double()
+    tokens = logits.shape[1]
+    for b in torch.nonzero(out < PRECISE_BELOW * tokens).flatten().tolist():
         bl, ql = F.log_softmax(base_logits[b].double(), -1), F.log_softmax(logits[b].double(), -1)
         out[b] = (bl.exp() * (bl - ql)).sum()
     return out
+
+
+PRECISE_BELOW = 1e-3  # per-token KLD under which float32's rounding would matter (~1e-6 per token)
 
 
 @torch.no_grad()
@@ -115,15 +120,14 @@ def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int =
             base_logits = head_logits(base, hidden)
             base_logp = F.log_softmax(base_logits, -1)
             base_acc.nll[rows] = -base_logp.gather(-1, target).sum((1, 2)).double()
-            base_top = base_logp.argmax(-1)
-            del base_logp
+            base_p, base_top = base_logp.exp(), base_logp.argmax(-1)
         for name, model in models.items():
             logits = head_logits(model, head_inputs(model, batch, dtype))
             logp = F.log_softmax(logits, -1)
             a = acc[name]
             a.nll[rows] = -logp.gather(-1, target).sum((1, 2)).double()
             if base_logits is not None:
-                a.kld[rows] = _kld_per_window(base_logits, logits)
+                a.kld[rows] = _kld_per_window(base_logits, base_logp, base_p, logits, logp)
                 a.agree[rows] = (base_top == logp.argmax(-1)).sum(1)
             del logp, logits
         if progress:
