@@ -79,14 +79,21 @@ def _fetch(name: str, cmd: list[str], what: str) -> Path:
     return files[0]
 
 
-def _brotli_sdist() -> tarfile.TarFile:
-    path = _texts_dir() / "brotli-1.2.1.tar.gz"
+def _fetched(filename: str, name: str, cmd: list[str], what: str) -> Path:
+    """The cached download `filename`, fetched by `cmd` the first time."""
+    path = _texts_dir() / filename
     if not path.is_file():
-        got = _fetch("gutenberg/code", [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
-                                        "--no-deps", "--no-binary", ":all:", BROTLI, "-d", "."], f"pip download {BROTLI}")
+        got = _fetch(name, cmd, what)
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(got), path)
         shutil.rmtree(got.parent, ignore_errors=True)
+    return path
+
+
+def _brotli_sdist() -> tarfile.TarFile:
+    path = _fetched("brotli-1.2.1.tar.gz", "gutenberg/code",
+                    [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
+                     "--no-deps", "--no-binary", ":all:", BROTLI, "-d", "."], f"pip download {BROTLI}")
     return tarfile.open(path)
 
 
@@ -176,12 +183,8 @@ def _deb_data(deb: Path) -> tarfile.TarFile:
 
 
 def _handbook() -> list[str]:
-    deb = _texts_dir() / "debian-handbook_11.20220922_all.deb"
-    if not deb.is_file():
-        got = _fetch("handbook", ["apt-get", "download", HANDBOOK], f"apt-get download {HANDBOOK}, Debian's apt")
-        deb.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(got), deb)
-        shutil.rmtree(got.parent, ignore_errors=True)
+    deb = _fetched("debian-handbook_11.20220922_all.deb", "handbook", ["apt-get", "download", HANDBOOK],
+                   f"apt-get download {HANDBOOK}, Debian's apt")
     docs: list[str] = []
     with _deb_data(deb) as tar:
         pages = sorted((m for m in tar.getmembers() if re.search(r"/html/en-US/[^/]+\.html$", m.name)),
