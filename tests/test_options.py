@@ -70,3 +70,7 @@ def test_a_preset_may_rotate_and_an_option_beside_it_overrides():
     assert "rotate" not in cli._quantize_spec("rot-gptq-w4g128", *args, rotate="none").method_args
     assert cli._quantize_spec("rot-gptq-w4g128", "rtn", *args[1:]).method_args["rotate"] == "hadamard"
     assert "rotate" not in cli._quantize_spec("gptq-w4g128", *args).method_args
+    # the default preset (best-4bit) rotates where it can; --method alone means that method as it is
+    assert cli._quantize_spec(None, *args).method_args["rotate"] == "auto"
+    assert "rotate" not in cli._quantize_spec(None, "rtn", *args[1:]).method_args
+    assert cli._quantize_spec(None, "rtn", *args[1:], rotate="hadamard").method_args["rotate"] == "hadamard"

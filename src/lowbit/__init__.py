@@ -6,7 +6,7 @@ from lowbit.spec import QuantSpec, preset  # noqa: E402
 
 def __getattr__(name):
     # the API pulls in transformers; import it only when used
-    if name in ("quantize", "evaluate", "load"):
+    if name in ("quantize", "evaluate", "load", "plan_bits"):
         from lowbit import api
         return getattr(api, name)
     if name == "export":  # lowbit.export(model, "gptq", out): convert between formats
@@ -18,4 +18,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["QuantSpec", "preset", "quantize", "evaluate", "load", "export", "run", "generate", "bench", "__version__"]
+__all__ = ["QuantSpec", "preset", "quantize", "evaluate", "load", "plan_bits", "export", "run", "generate", "bench", "__version__"]

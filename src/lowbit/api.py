@@ -12,11 +12,11 @@ import torch
 from lowbit.errors import LowbitError
 from lowbit.io.hf_config import load_tokenizer, missing_tokenizer
 from lowbit.options import WalkOptions, check_method_args, options_of
-from lowbit.transforms.rotate import rotation_transform
+from lowbit.transforms.rotate import resolve_rotation, rotation_transform
 from lowbit.progress import logging_progress
 from lowbit.calibration.text import calibration_samples, load_texts, tokenize
 from lowbit.eval.base_cache import BaseHidden
-from lowbit.eval.perplexity import evaluate_windows, windows
+from lowbit.eval.perplexity import evaluate_windows, strided_windows
 from lowbit.hardware import resolve_forward_dtype
 from lowbit.memory import map_large_allocations
 from lowbit.eval.size import bits_per_weight, size_on_disk
@@ -100,7 +100,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     rotate = options_of(WalkOptions, spec.method_args).rotate
     if isinstance(model, Loaded):
         loaded = model
-    elif out is not None and rotate == "none":  # a rotation changes every tensor: the model is held whole
+    elif out is not None:
         loaded, lazy = load_for_walk(model, allow_pickle, outside=False)
     else:
         loaded = load_model(model, allow_pickle)
@@ -113,7 +113,7 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
     calibration, calib_info = _calibration(method, loaded, calib, nsamples, seqlen, seed, spec)
     if lazy is not None:  # after tokenizing: its working memory is freed before the embedding arrives
         lazy.load_outside()
-    rotation = rotation_transform(rotate, seed)
+    rotation = rotation_transform(resolve_rotation(rotate, loaded.model, spec, gguf is not None), seed, lazy)
     rotated = rotation(loaded.model, calibration) if rotation is not None else None  # before any format looks
     if gguf is not None:
         gguf.begin(loaded.model, calibration, keep_float_head=lazy is None)
@@ -217,15 +217,29 @@ def _resolve_base(loaded: Loaded, base: str | None) -> str | None:
     return loaded.meta.get("base_model") if loaded.kind in ("quantized", "gguf") else None
 
 
+def _check_same_tokens(loaded: Loaded, base: Loaded, texts: list[str]) -> None:
+    """KLD compares next-token distributions position by position: both models must read the
+    same token ids and predict over the same vocabulary."""
+    width = (loaded.model.get_output_embeddings().out_features, base.model.get_output_embeddings().out_features)
+    probe = "\n\n".join(texts)[:4000]
+    same = base.tokenizer is None or tokenize(base.tokenizer, probe).tolist() == tokenize(loaded.tokenizer, probe).tolist()
+    if width[0] != width[1] or not same:
+        why = f"vocabularies of {width[0]} and {width[1]}" if width[0] != width[1] else "different tokenizers"
+        raise LowbitError(f"{loaded.source} and its base {base.source} have {why}: KLD needs two models that "
+                          "share a tokenizer; give --base such a model, or --base none")
+
+
 def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "auto", data: str | Path | None = None,
              seqlen: int = 512, max_windows: int | None = DEFAULT_MAX_WINDOWS, batch_size: int = 2,
              allow_pickle: bool = False, progress: Progress | None = None,
              tokenizer: str | Path | None = None, eval_dtype: str = "float32",
-             cache_base: bool = True) -> dict:
+             cache_base: bool = True, stride: int | None = None) -> dict:
     """Perplexity of `model`, and against its base: base perplexity, KLD (with its standard
     error over windows), top-1 agreement. eval_dtype "bfloat16" (or "auto": bf16 on CPUs with
     native bf16) runs the decoders under bf16 autocast, the heads in float32. cache_base: keep
-    the base's hidden states on disk and reuse them (eval/base_cache.py)."""
+    the base's hidden states on disk and reuse them (eval/base_cache.py). stride: sliding
+    windows that start every `stride` tokens and score only their last `stride` (None: the
+    GPTQ protocol, non-overlapping windows)."""
     progress = progress or logging_progress()
     loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
     _use_tokenizer(loaded, tokenizer)
@@ -237,7 +251,9 @@ def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "aut
         base_name = _resolve_base(loaded, base)
         base_loaded = load_model(base_name, allow_pickle) if base_name else None
     texts, data_source = load_texts(data, "eval")
-    wins = windows(tokenize(loaded.tokenizer, "\n\n".join(texts)), seqlen, max_windows)
+    if base_loaded is not None:
+        _check_same_tokens(loaded, base_loaded, texts)
+    wins, scored = strided_windows(tokenize(loaded.tokenizer, "\n\n".join(texts)), seqlen, stride, max_windows)
     if eval_dtype not in ("float32", "bfloat16", "auto"):
         raise LowbitError(f"eval dtype {eval_dtype!r} is unknown: use float32, bfloat16 or auto")
     dtype = resolve_forward_dtype(eval_dtype)
@@ -246,10 +262,12 @@ def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "aut
     if base_loaded is not None and cache_base:
         hidden = BaseHidden(base_loaded.model, base_loaded.source, wins, batch_size, dtype)
     res = evaluate_windows(loaded.model, wins, base_loaded.model if base_loaded else None,
-                           batch_size=batch_size, progress=progress, dtype=dtype, base_hidden=hidden)
+                           batch_size=batch_size, progress=progress, dtype=dtype, base_hidden=hidden,
+                           scored=scored)
     if hidden is not None:
         hidden.save()
         res["base_cached"] = hidden.hit
+    res["stride"] = stride or seqlen
     res["eval_seconds"] = time.perf_counter() - t0
     res["data"] = data_source
     res["model"] = loaded.source
@@ -261,3 +279,24 @@ def evaluate(model: str | Loaded | None = None, base: str | Loaded | None = "aut
         bsrc = Path(base_loaded.source)
         res["base_size_bytes"] = size_on_disk(bsrc) if bsrc.exists() else None
     return res
+
+
+def plan_bits(model: str | Loaded | None = None, *, target_bpw: float | None = None, max_size: int | None = None,
+              method: str = "gptq", calib: str | Path | torch.Tensor | None = None, nsamples: int = 64,
+              seqlen: int = 512, seed: int = 0, allow_pickle: bool = False, progress: Progress | None = None) -> dict:
+    """A setting per Linear under a budget (bits per weight of the Linears, or the file's size in
+    bytes), chosen by each Linear's measured sensitivity (plan/sensitivity.py, plan/budget.py).
+    The plan's "recipe" is what `quantize(..., spec=Recipe.from_dict(recipe).spec)` or
+    `lowbit quantize --recipe` runs."""
+    from lowbit.plan.budget import plan_budget
+
+    if method not in ("gptq", "rtn"):
+        raise LowbitError(f"the bit-budget planner measures gptq or rtn, not {method!r}: use --method gptq or rtn")
+    progress = progress or logging_progress()
+    loaded = model if isinstance(model, Loaded) else load_model(model, allow_pickle)
+    spec = QuantSpec(method="gptq")
+    calibration, info = _calibration(get_method("gptq"), loaded, calib, nsamples, seqlen, seed, spec)
+    p = plan_budget(loaded.model, calibration, target_bpw=target_bpw, max_size=max_size, method=method,
+                    progress=progress)
+    p.update(model=loaded.source, calibration=info)
+    return p

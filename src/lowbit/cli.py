@@ -216,8 +216,11 @@ def _quantize_spec(preset_name, method, bits, group_size, sym, clip, damp_percen
         raise LowbitError(f"--iters applies to --method signround only, not {method}: drop it or use --method signround")
     method_args = {"true_sequential": walk.true_sequential if true_sequential is None else true_sequential,
                    "forward_dtype": forward_dtype, "smooth": smooth}
-    rotate = rotate or base.method_args.get("rotate", "none")
-    if rotate != "none":  # given, or the preset's (best-4bit may rotate)
+    # given, or the preset's (best-4bit rotates where it helps); the default preset's rotation
+    # goes with its method: `--method rtn` alone means RTN as it is
+    preset_rotate = base.method_args.get("rotate", "none") if preset_name or method == base.method else "none"
+    rotate = rotate or preset_rotate
+    if rotate != "none":
         method_args["rotate"] = rotate
     if iters is not None:
         method_args["iters"] = iters
@@ -343,7 +346,8 @@ def quantize(
                                             "(integer formats and rtn too; needs calibration), off"),
     rotate: Optional[str] = typer.Option(None, help="exact rotation before quantizing: hadamard (random Hadamard rotation "
                                             "of the residual stream and per head, folded into the weights; "
-                                            "Llama / Mistral / Qwen) or none"),
+                                            "Llama / Mistral / Qwen), auto (best-4bit's: hadamard on integer grids "
+                                            "where the model allows, else none) or none"),
     recipe: Optional[Path] = typer.Option(None, help="a recipe file (YAML / TOML: method, grid, transforms, per-module "
                                                      "overrides by regex), or OUT/recipe.yaml of an earlier run"),
     resume: bool = typer.Option(False, help="continue a killed run from its per-layer checkpoints beside OUT"),
@@ -424,6 +428,8 @@ def eval_cmd(
                                           "wiki (default, held out), code, legal, gutenberg, handbook"),
     seqlen: int = typer.Option(512, help="tokens per window"),
     max_windows: int = typer.Option(DEFAULT_WINDOWS, help="number of windows (0 = all)"),
+    stride: Optional[int] = typer.Option(None, help="sliding windows: one starts every STRIDE tokens and scores "
+                                                    "its last STRIDE (default: non-overlapping, the GPTQ protocol)"),
     batch_size: int = typer.Option(2),
     eval_dtype: str = typer.Option("float32", help=EVAL_DTYPE_HELP),
     tokenizer: Optional[Path] = typer.Option(None, help="tokenizer directory, for a model saved without one"),
@@ -437,7 +443,7 @@ def eval_cmd(
     with _progress(as_json) as bars:
         res = api.evaluate(model, base=base, data=data, seqlen=seqlen, max_windows=max_windows or None,
                            batch_size=batch_size, allow_pickle=allow_pickle, progress=bars, tokenizer=tokenizer,
-                           eval_dtype=eval_dtype, cache_base=not no_cache)
+                           eval_dtype=eval_dtype, cache_base=not no_cache, stride=stride)
     if as_json:
         print(json.dumps(res, indent=2))
     else:

@@ -25,10 +25,10 @@ class WalkOptions:
     smooth: str = "auto"  # per-channel smoothing: auto, on, off, awq
     smooth_tokens: int | None = None  # calibration tokens per layer for the smoothing search (None: 4096; awq 1024)
     head_gptq: bool = True  # GGUF with gptq: the tied output matrix gets GPTQ too
-    rotate: str = "none"  # whole-model rotation before the walk (transforms/rotate.py): none, hadamard; seeded by --seed
+    rotate: str = "none"  # whole-model rotation before the walk (transforms/rotate.py): none, hadamard, auto; seeded by --seed
 
     CHOICES: typing.ClassVar[dict] = {"forward_dtype": ("auto", "float32", "bfloat16"),
-                                      "smooth": ("auto", "on", "off", "awq"), "rotate": ("none", "hadamard")}
+                                      "smooth": ("auto", "on", "off", "awq"), "rotate": ("none", "hadamard", "auto")}
 
 
 def _type_ok(value, annotation: str) -> bool:

@@ -142,15 +142,16 @@ GRID_PRESETS = {"nf4": {"grid": "nf4", "bits": 4, "group_size": 64},
                 # a random Hadamard rotation of the residual stream and per head, then GPTQ
                 "rot-gptq-w4g128": {"bits": 4, "group_size": 128, "method": "gptq",
                                     "method_args": {"rotate": "hadamard"}},
-                "rot-gptq-w4": {"bits": 4, "group_size": -1, "method": "gptq", "method_args": {"rotate": "hadamard"}}}
+                "rot-gptq-w4": {"bits": 4, "group_size": -1, "method": "gptq", "method_args": {"rotate": "hadamard"}},
+                # lowbit's best measured 4-bit recipe (docs/results.md: rotation + GPTQ w4 g128 has
+                # 0.69x GPTQ's KLD and 0.58x the best peer's), the default of `lowbit quantize`:
+                # rotate "auto" rotates where that was measured (integer grids, Llama-like models)
+                "best-4bit": {"bits": 4, "group_size": 128, "method": "gptq", "method_args": {"rotate": "auto"}}}
 
 _PRESET = re.compile(r"^(?:(?P<method>[a-z0-9]+)-)?w(?P<bits>\d)(?:g(?P<group>\d+))?"
                      r"(?P<sym>-sym|-asym)?(?P<mse>-mse)?$")
 
-# lowbit's best measured 4-bit recipe (README: GPTQ's KLD is 0.38x RTN's at w4 g128), the
-# default of `lowbit quantize` and the preset "best-4bit"
-BEST_4BIT = "gptq-w4g128"
-ALIASES = {"best-4bit": BEST_4BIT}
+BEST_4BIT = "best-4bit"  # the default of `lowbit quantize`
 
 PRESETS = ("w4g128", "w4g64", "w4g32", "w4", "w3g128", "w3", "w2g64", "w8", "w8g128",
            "gptq-w4g128", "gptq-w3g128", "gptq-w4", "w4g128-asym") + tuple(GRID_PRESETS)
@@ -158,7 +159,6 @@ PRESETS = ("w4g128", "w4g64", "w4g32", "w4", "w3g128", "w3", "w2g64", "w8", "w8g
 
 def preset(name: str, **changes) -> QuantSpec:
     """QuantSpec from a preset name such as "w4g128" or "gptq-w4g128-asym"."""
-    name = ALIASES.get(name.strip().lower(), name)
     if name.strip().lower() in GRID_PRESETS:
         return QuantSpec(**{**GRID_PRESETS[name.strip().lower()], **changes})
     m = _PRESET.match(name.strip().lower())

@@ -127,3 +127,71 @@ def test_signround_end_to_end_beats_rtn_and_writes_what_it_computed(tmp_path, ti
     with torch.no_grad():
         torch.testing.assert_close(load_model(str(out)).model(ids).logits, ref["loaded"].model(ids).logits,
                                    rtol=2e-3, atol=2e-3)
+
+
+def test_float_targets_are_the_float_models_own_layer_outputs(monkeypatch):
+    """targets "float" (the default, AutoRound's): each layer is tuned against the float model's
+    output of that layer, as transformers computes it with the whole float model; "layer" tunes
+    against the float layer on the quantized inputs, which differ from layer 1 on."""
+    import lowbit.methods.signround as sr
+    from lowbit.pipeline import quantize_model
+    from lowbit.spec import QuantSpec
+
+    model = tiny_llm("llama", seed=1)
+    ids = torch.randint(0, 512, (8, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+    want = [hs[1], None]  # layer 1's output: hidden_states[2] has the final norm applied
+    seen = []
+    real = sr.tune_layer
+
+    def spy(layer, modules, grids, batches, o, forward=None, float_outputs=None):
+        seen.append((None if float_outputs is None else [h.clone() for h, _, _ in float_outputs],
+                     [h.clone() for h, _, _ in batches]))
+        return real(layer, modules, grids, batches, o, forward, float_outputs)
+    monkeypatch.setattr(sr, "tune_layer", spy)
+    walk = {"iters": 3, "forward_dtype": "float32"}
+    quantize_model(model, QuantSpec(method="signround", bits=2, group_size=32, method_args=walk), ids)
+    (f0, q0), (f1, q1) = seen
+    torch.testing.assert_close(f0[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q0[0], hs[0], rtol=1e-5, atol=1e-5)  # layer 0's inputs: both streams equal
+    normed = tiny_llm("llama", seed=1).model.norm(f1[0])
+    torch.testing.assert_close(normed, hs[2], rtol=1e-4, atol=1e-4)
+    assert (q1[0] - f0[0]).abs().max() > 1e-3  # the quantized stream really differs by then
+    seen.clear()
+    model = tiny_llm("llama", seed=1)
+    quantize_model(model, QuantSpec(method="signround", bits=2, group_size=32,
+                                    method_args={**walk, "targets": "layer"}), ids)
+    assert [f for f, _ in seen] == [None, None]
+
+
+def test_float_targets_resume_gives_the_same_bytes(tmp_path, tiny_tok):
+    """The float stream is saved with the quantized one, so a run stopped after layer 0 and
+    resumed writes what an uninterrupted run writes."""
+    import lowbit
+    from clitools import PROSE
+    from lowbit.spec import QuantSpec
+
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE)
+    src = tmp_path / "src"
+    tiny_llm("llama", vocab=len(tiny_tok), seed=0).save_pretrained(src)
+    tiny_tok.save_pretrained(src)
+    spec = QuantSpec(method="signround", bits=3, group_size=64, method_args={"iters": 4})
+    kw = dict(calib=text, nsamples=8, seqlen=64, checkpoint_seconds=0)
+    lowbit.quantize(str(src), spec, tmp_path / "ref", **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_layer_0(stage, done, total):
+        if stage == "layers" and done == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        lowbit.quantize(str(src), spec, tmp_path / "out", progress=stop_after_layer_0, **kw)
+    assert not (tmp_path / "out").exists()
+    s = lowbit.quantize(str(src), spec, tmp_path / "out", resume=True, **kw)
+    assert s["tuning"].keys() == {"model.layers.1"}  # layer 0 came from the store
+    names = sorted(p.name for p in (tmp_path / "ref").glob("*.safetensors"))
+    assert names and all((tmp_path / "out" / n).read_bytes() == (tmp_path / "ref" / n).read_bytes() for n in names)

@@ -1,7 +1,10 @@
 """Perplexity with the GPTQ protocol, and KL divergence against a base model.
 
 The text is tokenized as one stream and cut into non-overlapping windows of `seqlen`
-tokens; perplexity is exp of the mean next-token NLL over all predicted tokens. When a
+tokens; perplexity is exp of the mean next-token NLL over all predicted tokens. With a stride
+(sliding windows, Hugging Face's protocol for fixed-length models) window k starts at k * stride
+and scores only its last `stride` tokens (the first window scores all), so every token after
+the first is scored once, with at least seqlen - stride tokens of context. When a
 base model is given, both models see the same windows and we also report the mean
 token KL(P_base || P_quant), its standard error over windows, and how often their top-1
 tokens agree.
@@ -31,6 +34,28 @@ def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None) -> torch.Te
         raise LowbitError(f"evaluation text has {len(ids)} tokens, fewer than --seqlen {seqlen}: "
                           "give a longer --data file or a smaller --seqlen")
     return ids[: n * seqlen].reshape(n, seqlen)
+
+
+def strided_windows(ids: torch.Tensor, seqlen: int, stride: int | None, max_windows: int | None):
+    """(windows (n, seqlen), scored (n, seqlen - 1) bool: which predicted tokens count).
+    stride None (or seqlen): non-overlapping windows, every prediction scored."""
+    if stride is None or stride == seqlen:
+        wins = windows(ids, seqlen, max_windows)
+        return wins, torch.ones(len(wins), seqlen - 1, dtype=torch.bool)
+    if not 0 < stride < seqlen:
+        from lowbit.errors import LowbitError
+        raise LowbitError(f"--stride {stride} must be between 1 and --seqlen {seqlen}: give a smaller stride")
+    n = (len(ids) - seqlen) // stride + 1 if len(ids) >= seqlen else 0
+    if max_windows:
+        n = min(n, max_windows)
+    if n <= 0:
+        windows(ids, seqlen, max_windows)  # raises the one-line error for too short a text
+    starts = torch.arange(n) * stride
+    wins = ids[starts[:, None] + torch.arange(seqlen)[None, :]]
+    scored = torch.zeros(n, seqlen - 1, dtype=torch.bool)
+    scored[0] = True
+    scored[1:, seqlen - 1 - stride:] = True  # tokens the window before did not reach
+    return wins, scored
 
 
 class _Stop(Exception):
@@ -75,7 +100,7 @@ class _Window:
         self.agree = torch.zeros(n, dtype=torch.int64)
 
 
-def _stderr(per_window: torch.Tensor, tokens_per_window: int) -> float:
+def _stderr(per_window: torch.Tensor, tokens_per_window) -> float:
     """Standard error of the per-token mean, over windows (tokens within a window correlate)."""
     means = per_window / tokens_per_window
     if len(means) < 2:
@@ -83,16 +108,16 @@ def _stderr(per_window: torch.Tensor, tokens_per_window: int) -> float:
     return float(means.std(unbiased=True) / math.sqrt(len(means)))
 
 
-def _kld_per_window(base_logits, base_logp, base_p, logits, logp) -> torch.Tensor:
-    """sum over tokens of KL(base || model), per window. In float32 the log-probabilities carry
-    errors of ~1e-6 per token, which swamp (and can turn negative) the KLD of nearly equal models:
-    windows whose float32 KLD is below PRECISE_BELOW per token are recomputed in float64, a window
-    at a time (memory), while the rest keep the fast float32 sum."""
-    out = (base_p * (base_logp - logp)).sum((1, 2)).double()
-    tokens = logits.shape[1]
+def _kld_per_window(base_logits, base_logp, base_p, logits, logp, scored) -> torch.Tensor:
+    """sum over scored tokens of KL(base || model), per window. In float32 the log-probabilities
+    carry errors of ~1e-6 per token, which swamp (and can turn negative) the KLD of nearly equal
+    models: windows whose float32 KLD is below PRECISE_BELOW per token are recomputed in float64,
+    a window at a time (memory), while the rest keep the fast float32 sum."""
+    out = ((base_p * (base_logp - logp)).sum(-1) * scored).sum(1).double()
+    tokens = scored.sum(1)
     for b in torch.nonzero(out < PRECISE_BELOW * tokens).flatten().tolist():
         bl, ql = F.log_softmax(base_logits[b].double(), -1), F.log_softmax(logits[b].double(), -1)
-        out[b] = (bl.exp() * (bl - ql)).sum()
+        out[b] = ((bl.exp() * (bl - ql)).sum(-1) * scored[b]).sum()
     return out
 
 
@@ -102,10 +127,15 @@ PRECISE_BELOW = 1e-3  # per-token KLD under which float32's rounding would matte
 @torch.no_grad()
 def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int = 2,
                   progress: Callable[[str, int, int], None] | None = None, dtype: str = "float32",
-                  base_hidden: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> dict[str, dict]:
+                  base_hidden: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                  scored: torch.Tensor | None = None) -> dict[str, dict]:
     """Metrics for several models on the same windows; the base runs once per batch.
-    base_hidden(first window, batch) -> the base's head inputs, when they are cached."""
-    n, per = len(wins), wins.shape[1] - 1
+    base_hidden(first window, batch) -> the base's head inputs, when they are cached.
+    scored (n, seqlen - 1) bool: the predicted tokens that count (strided_windows); None: all."""
+    n = len(wins)
+    if scored is None:
+        scored = torch.ones(n, wins.shape[1] - 1, dtype=torch.bool)
+    per = scored.sum(1).double()  # scored tokens per window
     acc = {k: _Window(n) for k in models}
     base_acc = _Window(n)
     if progress:
@@ -114,25 +144,26 @@ def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int =
         batch = wins[i:i + batch_size]
         rows = slice(i, i + len(batch))
         target = batch[:, 1:, None]
+        mask = scored[rows]
         base_logits = None
         if base is not None:
             hidden = base_hidden(i, batch) if base_hidden is not None else head_inputs(base, batch, dtype)
             base_logits = head_logits(base, hidden)
             base_logp = F.log_softmax(base_logits, -1)
-            base_acc.nll[rows] = -base_logp.gather(-1, target).sum((1, 2)).double()
+            base_acc.nll[rows] = -(base_logp.gather(-1, target)[..., 0] * mask).sum(1).double()
             base_p, base_top = base_logp.exp(), base_logp.argmax(-1)
         for name, model in models.items():
             logits = head_logits(model, head_inputs(model, batch, dtype))
             logp = F.log_softmax(logits, -1)
             a = acc[name]
-            a.nll[rows] = -logp.gather(-1, target).sum((1, 2)).double()
+            a.nll[rows] = -(logp.gather(-1, target)[..., 0] * mask).sum(1).double()
             if base_logits is not None:
-                a.kld[rows] = _kld_per_window(base_logits, base_logp, base_p, logits, logp)
-                a.agree[rows] = (base_top == logp.argmax(-1)).sum(1)
+                a.kld[rows] = _kld_per_window(base_logits, base_logp, base_p, logits, logp, mask)
+                a.agree[rows] = ((base_top == logp.argmax(-1)) & mask).sum(1)
             del logp, logits
         if progress:
             progress("eval", min(i + batch_size, n), n)
-    count = n * per
+    count = int(scored.sum())
     results = {}
     for name, a in acc.items():
         nll = float(a.nll.sum()) / count
@@ -148,5 +179,6 @@ def evaluate_many(models: dict, wins: torch.Tensor, base=None, batch_size: int =
 
 def evaluate_windows(model, wins: torch.Tensor, base=None, batch_size: int = 2,
                      progress: Callable[[str, int, int], None] | None = None, dtype: str = "float32",
-                     base_hidden=None) -> dict:
-    return evaluate_many({"model": model}, wins, base, batch_size, progress, dtype, base_hidden)["model"]
+                     base_hidden=None, scored: torch.Tensor | None = None) -> dict:
+    return evaluate_many({"model": model}, wins, base, batch_size, progress, dtype, base_hidden,
+                         scored)["model"]

@@ -103,12 +103,25 @@ class LazyModel:
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.base_prefix = getattr(self.model, "base_model_prefix", "")
         self.model.eval()
+        # an exact transform of the whole model (a rotation) applied as tensors arrive:
+        # model key -> (the stored key it is computed from, function), and per-layer hooks
+        self._rewrites: dict[str, tuple[str, object]] = {}
+        self._layer_hooks: list = []
+
+    def rewrite(self, key: str, source: str, fn) -> None:
+        """Reads of model tensor `key` give fn(stored tensor `source`) from now on."""
+        self._rewrites[key] = (source, fn)
+
+    def after_materialize(self, hook) -> None:
+        """hook(layer) runs on each decoder layer once its tensors are read."""
+        self._layer_hooks.append(hook)
 
     def tensor(self, full: str, keep_dtype: bool = False) -> torch.Tensor | None:
         """Model tensor `full` read from disk (None if the checkpoint does not hold it), in the
         model's dtype, or with keep_dtype in the checkpoint's (a float16 head stays half the
         size for a reader that converts it a block of rows at a time)."""
-        stored = self.weights.resolve(full, self.base_prefix)
+        source, fn = self._rewrites.get(full, (full, None))
+        stored = self.weights.resolve(source, self.base_prefix)
         if stored is None:
             return None
         t = self.weights.get(stored)
@@ -116,6 +129,9 @@ class LazyModel:
             if not keep_dtype:
                 t = t.to(self.dtype)
             check_finite(full, t)
+            if fn is not None:
+                with torch.no_grad():
+                    t = fn(t)
         return t
 
     def _load_keys(self, module: torch.nn.Module, prefix: str, keys) -> None:
@@ -167,6 +183,8 @@ class LazyModel:
         if missing:
             raise LowbitError(f"{self.weights.dir}: weights missing from the checkpoint: "
                               f"{prefix}.{missing[0]} (check that every shard is present)")
+        for hook in self._layer_hooks:
+            hook(layer)
 
     def drop_input_embeddings(self) -> None:
         """After the calibration inputs are captured the embedding table is only needed for

@@ -25,12 +25,19 @@ class Method:
         """Statistics this method needs for `module` (None: weights alone suffice)."""
         return None
 
+    def float_targets(self, spec: QuantSpec) -> bool:
+        """For methods with tunes_layers: True to tune against the float model's own outputs
+        (the walk then carries the float model's activations beside the quantized ones)."""
+        return False
+
     def tune(self, layer: torch.nn.Module, modules: dict[str, torch.nn.Linear], grids: dict[str, Grid],
-             batches, spec: QuantSpec, forward) -> tuple[dict, dict]:
+             batches, spec: QuantSpec, forward, float_outputs=None) -> tuple[dict, dict]:
         """For methods with tunes_layers: learn what quantize() needs for all of a layer's
-        Linears at once, against the layer's output on its calibration inputs (batches of
-        (hidden, args, kwargs)); forward() is the walk's autocast context. Returns (per Linear
-        the observer quantize() receives, what to report for the layer)."""
+        Linears at once, on its calibration inputs (batches of (hidden, args, kwargs), from the
+        quantized layers before it), against float_outputs (the float layer on the float model's
+        inputs, when float_targets) or else the float layer's output on the same inputs;
+        forward() is the walk's autocast context. Returns (per Linear the observer quantize()
+        receives, what to report for the layer)."""
         raise NotImplementedError
 
     def quantize(self, W: torch.Tensor, grid: Grid, spec: QuantSpec,

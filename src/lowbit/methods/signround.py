@@ -7,8 +7,11 @@ factors alpha, beta in [0.5, 1] (its max and min are scaled by them before the g
     s, z = grid of [beta * min(w), alpha * max(w)]        q = clamp(round(w / s + v) + z)
 
 Rounding passes gradients straight through. All Linears of a layer are tuned together: a step
-runs the layer with its weights rounded so on one batch of calibration inputs, against the
-float layer's outputs on the same inputs (the mean squared error), and moves every parameter by
+runs the layer with its weights rounded so on one batch of calibration inputs (from the quantized
+layers before it), against the float model's output of the layer on the same samples (the mean
+squared error: the walk carries the float model's activations beside the quantized ones, so the
+tuning also corrects error from upstream, as AutoRound does; targets="layer" uses the float layer
+on the quantized inputs instead), and moves every parameter by
 lr * sign(gradient), lr falling linearly from 1 / iters to 0 (AutoRound's default schedule, so
 that v can cross its whole range); the parameters of the lowest loss seen are kept. Starting
 from v = 0, alpha = beta = 1 the first step is round-to-nearest with min-max grids.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +47,12 @@ class SignRoundOptions:
     lr: float | None = None  # None: 1 / iters
     samples: int = 4  # calibration samples per step (a random subset of one captured batch)
     seed: int = 0  # the order in which calibration batches and samples are drawn
+    # what the layer's output is tuned against: "float", the float model's own output (its
+    # float inputs through the float layer: upstream rounding error is corrected too, as
+    # AutoRound does), or "layer", the float layer on the quantized model's inputs
+    targets: str = "float"
+
+    CHOICES: typing.ClassVar[dict] = {"targets": ("float", "layer")}
 
 
 @dataclass
@@ -143,12 +153,17 @@ def _rounded_forwards(modules: dict, params: dict, grids: dict):
 
 
 def tune_layer(layer: torch.nn.Module, modules: dict, grids: dict, batches, o: SignRoundOptions,
-               forward=contextlib.nullcontext) -> tuple[dict[str, Tuned], dict]:
+               forward=contextlib.nullcontext, float_outputs=None) -> tuple[dict[str, Tuned], dict]:
     """Learn offsets and ranges for `modules` (the layer's Linears on integer grids) against
-    the float layer's outputs on `batches`; returns them and {loss_start, loss_best}."""
+    float_outputs (batches of (hidden, args, kwargs): the float model's outputs of this layer)
+    or, without them, the float layer's outputs on `batches`; returns them and {loss_start,
+    loss_best}."""
     batches = list(batches)
-    with torch.no_grad(), forward():
-        targets = [layer_output(layer(h, *a, **kw)).detach() for h, a, kw in batches]
+    if float_outputs is not None:
+        targets = [h for h, _, _ in float_outputs]
+    else:
+        with torch.no_grad(), forward():
+            targets = [layer_output(layer(h, *a, **kw)).detach() for h, a, kw in batches]
     params = {}
     for name, m in modules.items():
         G = grouped_view(m.weight.detach().float(), grids[name].group_size)
@@ -205,11 +220,15 @@ class SignRound(Method):
     tunes_layers = True
     options = SignRoundOptions
 
-    def tune(self, layer, modules, grids, batches, spec, forward):
+    def float_targets(self, spec):
+        return options_of(SignRoundOptions, spec.method_args).targets == "float"
+
+    def tune(self, layer, modules, grids, batches, spec, forward, float_outputs=None):
         ints = {n: m for n, m in modules.items() if grids[n].kind == "int"}
         if not ints:
             return {}, {}
-        return tune_layer(layer, ints, grids, batches, options_of(SignRoundOptions, spec.method_args), forward)
+        return tune_layer(layer, ints, grids, batches, options_of(SignRoundOptions, spec.method_args), forward,
+                          float_outputs)
 
     def quantize(self, W, grid, spec, observer=None):
         if grid.kind != "int" or observer is None:  # llama.cpp's blocks and code books: their own rounding

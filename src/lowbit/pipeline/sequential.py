@@ -206,7 +206,8 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                 raise LowbitError(f"the partial run in {store.dir} holds no statistics of the output matrix: "
                                   "rerun with --overwrite")
             head_observer.load_state(saved)
-    batches = None
+    batches = floats = None  # floats: the float model's own stream, for a method tuning against it
+    keeps_floats = method.tunes_layers and method.float_targets(spec)
     if needs_acts and start_at < len(layers):
         if calibration is None:
             raise ValueError(f"method {spec.method!r} needs calibration token ids" if method.needs_calibration
@@ -216,11 +217,17 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                                              Activations(acts_budget_bytes, spill))
         if lazy is not None:
             lazy.drop_input_embeddings()
+        if keeps_floats:  # equal before layer 0 (the tensors are shared, not copied)
+            floats = batches.new().extend(batches)
         if start_at > 0:  # continue from the saved activations after layer start_at - 1
-            saved = batches.new().extend((h, a, kw) for h, (_, a, kw) in
-                                         zip(store.load_acts(start_at - 1), batches))
+            hidden = list(store.load_acts(start_at - 1))  # with floats: the quantized set, then the float one
+            sets = [hidden[:len(batches)], hidden[len(batches):]] if keeps_floats else [hidden]
+            restored = [batches.new().extend((h, a, kw) for h, (_, a, kw) in zip(part, batches)) for part in sets]
             batches.discard()
-            batches = saved
+            if floats is not None:
+                floats.discard()
+                floats = restored[1]
+            batches = restored[0]
         if batches.spilled:
             log.info("%d of %d calibration batches are kept on disk (memory budget %.2f GB per set)",
                      batches.spilled, len(batches), batches.budget / 1e9)
@@ -244,10 +251,14 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                     result.transforms[getattr(t, "name", "transform")][f"{prefix}.{i}"] = t(layer, f"{prefix}.{i}", batches)
             groups = _groups_in_layer(arch, f"{prefix}.{i}", targets)
             tuned = {}
+            float_outputs = None
             if batches is not None and method.tunes_layers:  # the whole layer's Linears at once
                 inside = {n: targets[n] for g in groups for n in g}
                 grids = {n: grid_for(fitted_spec(n), method.auto_clip) for n in inside}
-                tuned, report = method.tune(layer, inside, grids, batches, spec, forward)
+                if floats is not None:  # the float layer on the float model's inputs: the targets
+                    with forward():
+                        float_outputs = run_layer(layer, floats, out=batches.new())
+                tuned, report = method.tune(layer, inside, grids, batches, spec, forward, float_outputs)
                 result.tuning[f"{prefix}.{i}"] = report
             if not true_sequential:  # one pass: every Linear sees inputs from the float layer
                 groups = [[n for g in groups for n in g]]
@@ -284,6 +295,9 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                     outputs = run_layer(layer, batches, cache, out=batches.new())
                 batches.discard()
                 batches = outputs
+                if floats is not None:
+                    floats.discard()
+                    floats = float_outputs
                 cache.clear()
                 if head_observer is not None and i == len(layers) - 1:
                     _feed_head(model, arch, batches, head_observer.add_batch, forward)
@@ -291,15 +305,16 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                         store.save_extra("head-observer", head_observer.state())
             if store is not None:
                 _save_layer(store, i, layer, f"{prefix}.{i}", result, batches, last=i == len(layers) - 1,
-                            lazy=lazy is not None)
+                            lazy=lazy is not None, floats=floats)
             if lazy is not None:
                 lazy.release(layer)
             release_free_memory()  # freed activations and solve work stay with the process otherwise
             if progress:
                 progress("layers", i + 1, len(layers))
     finally:  # spilled activations never outlive the walk
-        if batches is not None:
-            batches.discard()
+        for acts in (batches, floats):
+            if acts is not None:
+                acts.discard()
     if store is not None:
         store.mark_complete(len(layers))
     # Linears outside the decoder layers (an lm_head the user asked for): weights only
@@ -343,7 +358,7 @@ def _restore(store, model, layers, prefix: str, result: QuantResult, in_memory: 
 
 
 def _save_layer(store, i: int, layer, layer_name: str, result: QuantResult, batches, last: bool,
-                lazy: bool) -> None:
+                lazy: bool, floats=None) -> None:
     """Layer i's codes and other tensors to disk (with a lazy model its codes then leave memory)."""
     mine = {n: qt for n, qt in result.tensors.items() if n.startswith(layer_name + ".")}
     quantized_weights = {n[len(layer_name) + 1:] + ".weight" for n in mine}
@@ -355,4 +370,4 @@ def _save_layer(store, i: int, layer, layer_name: str, result: QuantResult, batc
             del result.tensors[n]
     result.stored_layers = i + 1
     if batches is not None and not last:
-        store.maybe_save_acts(i, batches.hidden())
+        store.maybe_save_acts(i, batches.hidden() + (floats.hidden() if floats is not None else []))
