@@ -152,7 +152,8 @@ def quantize(model: str | Loaded | None = None, spec: str | QuantSpec = "w4g128"
         else:
             save_quantized(out, loaded.model, loaded.tokenizer, result.tensors, summary, overwrite, format,
                            store=store, layers_prefix=prefix, quantized_names=set(result.specs),
-                           max_shard_bytes=max_shard_bytes, fetch=fetch)
+                           max_shard_bytes=max_shard_bytes, fetch=fetch,
+                           stored_dtypes=(rotated or {}).get("stored_dtypes"))
         store.remove()
         summary["write_seconds"] = time.perf_counter() - t0
         summary["out"] = str(out)

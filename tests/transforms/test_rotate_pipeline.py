@@ -63,6 +63,9 @@ def test_rotation_layer_by_layer_equals_in_memory(family, tmp_path, tiny_tok, te
     eager = lowbit.quantize(load_model(str(src)), spec, tmp_path / "eager", **kw)
     assert eager["loaded"] is not None and lazy["rotation"] == eager["rotation"]
     assert lazy["rotation"]["untied_head"] == (family == "llama")
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "lazy" / "model.safetensors"), "pt") as f:  # the new copy: 16 bits
+        assert f.get_slice("lm_head.weight").get_dtype() == ("F16" if family == "llama" else "F32")
     names = sorted(p.name for p in (tmp_path / "eager").glob("*.safetensors"))
     assert names and all((tmp_path / "lazy" / n).read_bytes() == (tmp_path / "eager" / n).read_bytes()
                          for n in names)

@@ -19,7 +19,7 @@ META_FILE = "lowbit.json"
 
 
 def _plain_state(model: torch.nn.Module, quantized: set[str], skip_prefix: str | None = None,
-                 fetch=None):
+                 fetch=None, stored_dtypes: dict | None = None):
     """Yields every tensor except quantized weights (and those under skip_prefix), tied
     duplicates once. Tensors left on the meta device (a layer-by-layer run keeps the
     embeddings on disk) are read by fetch(name) one at a time."""
@@ -39,6 +39,8 @@ def _plain_state(model: torch.nn.Module, quantized: set[str], skip_prefix: str |
             if fetch is None:
                 raise ValueError(f"{k} was never loaded")
             v = fetch(k)
+        if stored_dtypes and k in stored_dtypes:  # a tensor the walk made to be stored narrower
+            v = v.to(getattr(torch, stored_dtypes[k]))
         yield k, v.detach()
         v = None  # written: not held while the next one is read (two 0.4 GB tables at once)
 
@@ -51,13 +53,15 @@ VOLATILE_META = ("quantize_seconds", "write_seconds", "out", "resumed_from_layer
 def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: bool = False,
                    fmt: str = "compressed-tensors", store=None, layers_prefix: str | None = None,
                    quantized_names: set[str] | None = None,
-                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, fetch=None) -> Path:
+                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, fetch=None,
+                   stored_dtypes: dict[str, str] | None = None) -> Path:
     """Write OUT atomically in checkpoint format `fmt`: config.json (+ quantization_config),
     safetensors shards, tokenizer files, and lowbit.json (base model, spec, layout changes).
 
     tensors: codes in memory; with a LayerStore `store`, the decoder layers' codes and
     tensors are read from it one layer at a time (layers_prefix names the layer list);
-    fetch(name) reads tensors the model holds only on the meta device."""
+    fetch(name) reads tensors the model holds only on the meta device. stored_dtypes: name ->
+    dtype name of float tensors stored narrower than the model's (a rotation's head copy)."""
     dtype = next(model.parameters()).dtype
     writer = get_format(fmt)
     names = set(quantized_names or ()) | set(tensors)
@@ -65,7 +69,7 @@ def save_quantized(out, model, tokenizer, tensors: dict, meta: dict, overwrite: 
     with atomic_dir(out, overwrite) as tmp:
         shards = ShardWriter(tmp, max_shard_bytes)
         release_free_memory()  # what the walk freed, before tables are read back from disk
-        for k, v in _plain_state(model, names, layers_prefix if store is not None else None, fetch):
+        for k, v in _plain_state(model, names, layers_prefix if store is not None else None, fetch, stored_dtypes):
             shards.add({k: v})
             del v
         in_store = (lambda n: store is not None and n.startswith(layers_prefix + "."))
