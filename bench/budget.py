@@ -4,7 +4,8 @@
 
 Plans a setting per Linear at the target (lowbit.plan_bits: GPTQ's error at each candidate,
 weighted by the loss's sensitivity), then quantizes the planned recipe and each uniform GPTQ
-setting whose bits per weight is at most the planned mix's, all with the same 128 x 512
+setting whose bits per weight is at most the planned mix's (and, for scale, the smallest uniform
+setting above it), all with the same 128 x 512
 calibration ids, each in a child process, and judges them on the same windows of three texts
 (Wikipedia held out; code and licenses, which calibration lacks): bits per weight read from the
 files, the planner's predicted loss, perplexity, KLD, top-1. --save keeps each row's result in
@@ -61,11 +62,15 @@ def main():
             plan_file.write_text(json.dumps(plan))
     planned = plan["planned"]
     rows = {f"planned mix at {args.target_bpw}": (plan["recipe"], planned["predicted_error"])}
+    # every uniform setting of no greater size, and the smallest one above the plan (for scale)
+    above = min((u for u in plan["uniform"] if u["bits_per_weight"] > planned["bits_per_weight"] + 1e-9),
+                key=lambda u: u["bits_per_weight"], default=None)
     for u in plan["uniform"]:
-        if u["bits_per_weight"] <= planned["bits_per_weight"] + 1e-9:
+        if u["bits_per_weight"] <= planned["bits_per_weight"] + 1e-9 or u is above:
             bits, _, group = u["setting"][1:].partition("g")
             recipe = {"method": "gptq", "bits": int(bits), "group_size": int(group) if group else -1}
-            rows[f"uniform gptq {u['setting']}"] = (recipe, u["predicted_error"])
+            tag = "" if u is not above else " (larger than the plan)"
+            rows[f"uniform gptq {u['setting']}{tag}"] = (recipe, u["predicted_error"])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         calib_file = f"{tmp}/calib.safetensors"
@@ -104,7 +109,7 @@ def main():
         klds = " | ".join(f"{r[f'{t}_kld']:.4f}" for t in EVAL_TEXTS)
         print(f"| {name} | {r['bits_per_weight']:.3f} | {r['predicted']:.4g} | {r[f'{EVAL_TEXTS[0]}_perplexity']:.3f} | "
               f"{klds} | {r[f'{EVAL_TEXTS[0]}_top1_agreement']:.3f} | {r['seconds']:.0f} |")
-    uniform = [r for n, r in results.items() if n.startswith("uniform") and "error" not in r]
+    uniform = [r for n, r in results.items() if n.startswith("uniform") and "larger" not in n and "error" not in r]
     mix = next(iter(results.values()))
     if uniform and "error" not in mix:
         for t in EVAL_TEXTS:

@@ -144,7 +144,7 @@ GRID_PRESETS = {"nf4": {"grid": "nf4", "bits": 4, "group_size": 64},
                                     "method_args": {"rotate": "hadamard"}},
                 "rot-gptq-w4": {"bits": 4, "group_size": -1, "method": "gptq", "method_args": {"rotate": "hadamard"}},
                 # lowbit's best measured 4-bit recipe (docs/results.md: rotation + GPTQ w4 g128 has
-                # 0.69x GPTQ's KLD and 0.58x the best peer's), the default of `lowbit quantize`:
+                # 0.69x GPTQ's KLD, and beats SignRound at 0.42x its time), the default of `lowbit quantize`:
                 # rotate "auto" rotates where that was measured (integer grids, Llama-like models)
                 "best-4bit": {"bits": 4, "group_size": 128, "method": "gptq", "method_args": {"rotate": "auto"}}}
 
