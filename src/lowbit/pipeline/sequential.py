@@ -217,17 +217,14 @@ def quantize_model(model: torch.nn.Module, spec: QuantSpec, calibration: torch.T
                                              Activations(acts_budget_bytes, spill))
         if lazy is not None:
             lazy.drop_input_embeddings()
-        if keeps_floats:  # equal before layer 0 (the tensors are shared, not copied)
-            floats = batches.new().extend(batches)
         if start_at > 0:  # continue from the saved activations after layer start_at - 1
             hidden = list(store.load_acts(start_at - 1))  # with floats: the quantized set, then the float one
             sets = [hidden[:len(batches)], hidden[len(batches):]] if keeps_floats else [hidden]
             restored = [batches.new().extend((h, a, kw) for h, (_, a, kw) in zip(part, batches)) for part in sets]
             batches.discard()
-            if floats is not None:
-                floats.discard()
-                floats = restored[1]
-            batches = restored[0]
+            batches, floats = restored[0], (restored[1] if keeps_floats else None)
+        elif keeps_floats:  # equal before layer 0 (the tensors are shared, not copied)
+            floats = batches.new().extend(batches)
         if batches.spilled:
             log.info("%d of %d calibration batches are kept on disk (memory budget %.2f GB per set)",
                      batches.spilled, len(batches), batches.budget / 1e9)
